@@ -1,0 +1,42 @@
+# DistCluster developer commands. Every target creates .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ROLE ?= lock_manager
+NODES ?= 3
+BASE_PORT ?= 8001
+SIM_SEEDS ?= 2000
+PYTEST_ARGS ?=
+
+.PHONY: install run test unit lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv with the project (editable) and its test tools.
+
+run: install ## Start Redis and a local cluster: make run ROLE=lock_manager NODES=3
+	$(BIN)/distcluster up --role $(ROLE) --nodes $(NODES) --base-port $(BASE_PORT)
+
+lint: install ## ruff, mypy and the import-linter contracts.
+	$(BIN)/ruff check worker operator tests bench
+	$(BIN)/ruff format --check worker operator tests bench
+	$(BIN)/mypy -p distcluster_worker -p distcluster_operator
+	$(BIN)/lint-imports
+
+test: lint ## Lint, then every test suite (unit, simulation, integration).
+	SIM_SEEDS=$(SIM_SEEDS) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: install ## Only the fast suites.
+	SIM_SEEDS=$(SIM_SEEDS) $(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+bench: install ## Benchmarks (JSON on stdout); not a test.
+	$(BIN)/python -m bench.lock_bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache

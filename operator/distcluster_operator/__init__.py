@@ -1,0 +1,1 @@
+"""DistCluster Kubernetes operator (kopf). Built by the operator issue."""

@@ -1,0 +1,27 @@
+"""Fixtures shared by every suite: a real Redis server for the tests that need one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from distcluster_worker.runner.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One embedded redis-server (AOF on) for the session; tests use distinct keys."""
+    data_dir: Path = tmp_path_factory.mktemp("redis")
+    server = RedisServer(data_dir=data_dir, appendonly=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url

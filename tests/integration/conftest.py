@@ -1,0 +1,67 @@
+"""Fixtures for integration tests: real Redis, real node processes, a proxy per link.
+
+`lock_cluster` is a factory so a test can ask for its own size or settings
+(`await lock_cluster(nodes=3, extra_env={...})`); every cluster it made is stopped at
+teardown, paused nodes are resumed first, and when the test failed the tail of every
+node log is printed so the report shows what the nodes saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Generator, Mapping
+from pathlib import Path
+
+import aiohttp
+import pytest
+from lock_it_harness import ClusterFactory, LockCluster, build_cluster, log_tails
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep each phase's report on the item so fixtures can tell whether the test failed."""
+    report: pytest.TestReport = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    reports = (getattr(request.node, f"report_{when}", None) for when in ("setup", "call"))
+    return any(r is not None and r.failed for r in reports)
+
+
+@pytest.fixture
+async def lock_cluster(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[ClusterFactory]:
+    made: list[LockCluster] = []
+
+    async def make(nodes: int = 3, extra_env: Mapping[str, str] | None = None) -> LockCluster:
+        workdir = tmp_path / f"cluster{len(made) + 1}"
+        workdir.mkdir()
+        try:
+            built = await asyncio.to_thread(build_cluster, nodes, workdir, extra_env)
+        except BaseException:
+            print(f"\n===== node logs (start failed) =====\n{log_tails(workdir / 'logs')}")
+            raise
+        cluster, mesh, redis = built
+        session = aiohttp.ClientSession()
+        handle = LockCluster(cluster, mesh, redis, session, workdir / "logs")
+        made.append(handle)
+        return handle
+
+    yield make
+    for handle in made:
+        if _failed(request):
+            print(f"\n===== node logs of {handle.log_dir} =====\n{handle.log_tails()}")
+        await handle.close()
+
+
+@pytest.fixture
+async def cluster3(lock_cluster: ClusterFactory) -> LockCluster:
+    """A 3-node cluster with a settled leader (the common case)."""
+    cluster = await lock_cluster(nodes=3)
+    await cluster.stable_leader()
+    return cluster

@@ -1,0 +1,502 @@
+"""A cluster of pure Raft cores with lock tables, wired to the simulated network.
+
+Each node is driven exactly as `lock_role.driver.RaftDriver` drives it: after every
+input (a tick, a delivered message, a proposal) every pending `Ready` is drained in the
+shell's order — persist the snapshot, the entries (with truncation) and the hard state,
+restore the table from a received snapshot, release the messages to the network, apply
+the committed entries, hand out read states, `advance`, then compact when the log grew
+past `snapshot_entries`. The stable storage is an in-memory twin of the Redis one and is
+all that survives a crash.
+
+The cluster reports every event to the checkers as it happens, so a violation surfaces
+at the step that caused it. Crashes may also tear a `Ready` in half (before persisting,
+after persisting, after sending, after applying) to exercise every crash point the real
+shell has.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from distcluster_worker.locks import LockTable
+from distcluster_worker.raft.messages import (
+    AppendResponse,
+    Entry,
+    HardState,
+    Message,
+    Ready,
+    Snapshot,
+    VoteResponse,
+)
+from distcluster_worker.raft.node import RaftConfig, RaftNode, Restored
+from simcheck import CHECKPOINT_EVERY, LockReference, LogView, RaftChecker, violation
+from simnet import NetConfig, SimNetwork
+
+CRASH_POINTS = ("before_persist", "after_persist", "after_send", "after_apply")
+TICK_MS = 10
+MAX_READY_ROUNDS = 50
+TRACE_EVENTS = 200
+
+
+# Every outcome of a finished request stays in the table's dedup map up to this many, and
+# the snapshot carries them all: small keeps snapshots cheap and exercises eviction.
+DEDUP_CAPACITY = 16
+
+
+def new_table() -> LockTable:
+    return LockTable(dedup_capacity=DEDUP_CAPACITY)
+
+
+class Crashed(Exception):
+    """Raised inside a node's drain when a scheduled crash point is reached."""
+
+
+# -- stable storage ---------------------------------------------------------------------
+
+
+@dataclass
+class SimStorage:
+    """In-memory stable storage, with the truncation rules of `InMemoryRaftStorage`."""
+
+    hard_state: HardState = field(default_factory=HardState)
+    snapshot: Snapshot | None = None
+    entries: list[Entry] = field(default_factory=list)
+    written: bool = False
+
+    @property
+    def snapshot_index(self) -> int:
+        return self.snapshot.last_index if self.snapshot else 0
+
+    @property
+    def last_index(self) -> int:
+        return self.entries[-1].index if self.entries else self.snapshot_index
+
+    def term_at(self, index: int) -> int | None:
+        if index == 0:
+            return 0
+        if self.snapshot is not None and index == self.snapshot.last_index:
+            return self.snapshot.last_term
+        offset = index - (self.entries[0].index if self.entries else index + 1)
+        if 0 <= offset < len(self.entries):
+            return self.entries[offset].term
+        return None
+
+    def save(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None,
+        kept_after_snapshot: Sequence[Entry],
+    ) -> None:
+        self.written = True
+        if snapshot is not None:
+            self.snapshot, self.entries = snapshot, list(kept_after_snapshot)
+        if entries:
+            first = entries[0].index
+            if first > self.last_index + 1:
+                raise violation("no gaps in the log", f"stored up to {self.last_index}, {first}")
+            self.entries = [e for e in self.entries if e.index < first] + list(entries)
+        if hard_state is not None:
+            self.hard_state = hard_state
+
+    def compact(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.entries = [e for e in self.entries if e.index > snapshot.last_index]
+
+    def restored(self) -> Restored | None:
+        if not self.written:
+            return None
+        return Restored(self.hard_state, self.snapshot, list(self.entries))
+
+
+# -- one node -------------------------------------------------------------------------------
+
+
+@dataclass
+class SimNode:
+    node_id: str
+    storage: SimStorage = field(default_factory=SimStorage)
+    raft: RaftNode | None = None
+    table: Any = None
+    applied: int = 0
+    incarnation: int = 0
+    crash_at: str | None = None
+    last_expire_tick: int = -1000
+
+    @property
+    def alive(self) -> bool:
+        return self.raft is not None
+
+    def core(self) -> RaftNode:
+        if self.raft is None:
+            raise RuntimeError(f"{self.node_id} is down")
+        return self.raft
+
+
+@dataclass
+class ClusterConfig:
+    size: int = 3
+    election_timeout_ticks: int = 10
+    heartbeat_ticks: int = 1
+    max_entries_per_append: int = 8
+    max_inflight_appends: int = 4
+    snapshot_entries: int = 20
+    clock_skew_ms: int = 0
+    net: NetConfig = field(default_factory=NetConfig)
+
+
+TraceEvent = tuple[int, str, object]
+
+
+class Cluster:
+    """Nodes, network, clock and checkers; one `step()` is one tick of the shared clock."""
+
+    def __init__(self, seed: int, config: ClusterConfig) -> None:
+        self.seed = seed
+        self.config = config
+        self.ids = tuple(f"n{i}" for i in range(1, config.size + 1))
+        self.rng = random.Random(f"{seed}:cluster")
+        self.net = SimNetwork(self.ids, random.Random(f"{seed}:net"), config.net)
+        self.nodes = {nid: SimNode(nid) for nid in self.ids}
+        self.skew_ms = {nid: self.rng.randint(0, config.clock_skew_ms) for nid in self.ids}
+        self.raft_checker = RaftChecker()
+        self.locks = LockReference(new_table, LockTable.restore)
+        self.now = 0
+        self.trace: deque[TraceEvent] = deque(maxlen=TRACE_EVENTS)
+        self.counts: Counter[str] = Counter()
+        self.delivered_kinds: dict[str, int] = {}
+        self.reads: dict[tuple[str, int], int] = {}
+        self.read_results: list[tuple[str, int, int]] = []
+        self._read_ctx = 0
+
+    def boot(self) -> Cluster:
+        for nid in self.ids:
+            self.start(nid)
+        return self
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def raft_config(self, node_id: str) -> RaftConfig:
+        c = self.config
+        return RaftConfig(
+            node_id=node_id,
+            voters=self.ids,
+            election_timeout_ticks=c.election_timeout_ticks,
+            heartbeat_ticks=c.heartbeat_ticks,
+            max_entries_per_append=c.max_entries_per_append,
+            max_inflight_appends=c.max_inflight_appends,
+        )
+
+    def start(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        node.incarnation += 1
+        rng = random.Random(f"{self.seed}:{node_id}:{node.incarnation}")
+        restored = node.storage.restored()
+        node.raft = RaftNode(self.raft_config(node_id), rng, restored)
+        snap = node.storage.snapshot
+        node.table = LockTable.restore(snap.data) if snap else new_table()
+        node.applied = snap.last_index if snap else 0
+        node.crash_at = None
+        self.record("start", node_id)
+        raft = node.core()
+        self.raft_checker.on_restart(node_id, raft.term, raft.commit_index)
+        self.after_input(node)
+        if node.alive:
+            self.observe(node)
+
+    def crash(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        if not node.alive:
+            return
+        node.raft, node.table = None, None
+        self.net.drop_to(node_id)
+        self.raft_checker.forget_live(node_id)
+        self.reads = {key: v for key, v in self.reads.items() if key[0] != node_id}
+        self.record("crash", node_id)
+
+    def crash_at_next_ready(self, node_id: str, point: str) -> None:
+        self.nodes[node_id].crash_at = point
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Advance the clock one tick: deliver what is due, then tick every live node."""
+        self.now += 1
+        for msg in self.net.due(self.now):
+            self.deliver(msg)
+        for node in self.live_nodes():
+            node.core().tick()
+            self.after_input(node)
+
+    def deliver(self, msg: Message) -> None:
+        node = self.nodes[msg.dst]
+        if not node.alive:
+            return
+        kind = type(msg).__name__
+        self.delivered_kinds[kind] = self.delivered_kinds.get(kind, 0) + 1
+        self.record("recv", msg)
+        node.core().step(msg)
+        self.after_input(node)
+
+    def propose(self, node_id: str, commands: Sequence[dict[str, Any]]) -> list[int]:
+        """Propose on one node (raises NotLeader there); commands become JSON entries."""
+        node = self.nodes[node_id]
+        datas = [json.dumps(c, sort_keys=True) for c in commands]
+        raft = node.core()
+        indexes = raft.propose_many(datas) if len(datas) > 1 else [raft.propose(datas[0])]
+        self.record("propose", (node_id, indexes, [c.get("op") for c in commands]))
+        self.after_input(node)
+        return indexes
+
+    def read_index(self, node_id: str) -> int:
+        node = self.nodes[node_id]
+        self._read_ctx += 1
+        ctx = self._read_ctx
+        node.core().read_index(ctx)
+        self.reads[(node_id, ctx)] = self.raft_checker.max_commit
+        self.record("read_index", (node_id, ctx))
+        self.after_input(node)
+        return ctx
+
+    # -- the shell's Ready loop -----------------------------------------------------------
+
+    def after_input(self, node: SimNode) -> None:
+        """Drain the node; observe it if anything changed (a term, a role, a commit).
+
+        Every change a checker cares about comes with a Ready: a new term or vote is
+        hard state, a new leader sends appends, a commit hands out entries to apply.
+        """
+        try:
+            changed = self.drain(node)
+        except Crashed:
+            self.crash(node.node_id)
+            return
+        if changed:
+            self.observe(node)
+
+    def drain(self, node: SimNode) -> bool:
+        raft = node.core()
+        rounds = 0
+        while raft.has_ready():
+            rounds += 1
+            if rounds > MAX_READY_ROUNDS:
+                raise violation("ready settles", f"{node.node_id} still has a Ready")
+            self.handle_ready(node, raft, raft.ready())
+        return rounds > 0
+
+    def handle_ready(self, node: SimNode, raft: RaftNode, ready: Ready) -> None:
+        self.maybe_crash(node, "before_persist")
+        self.persist(node, raft, ready)
+        self.maybe_crash(node, "after_persist")
+        if ready.snapshot is not None:
+            self.install_snapshot(node, ready.snapshot)
+        for msg in ready.messages:
+            self.send(node, msg)
+        self.maybe_crash(node, "after_send")
+        for entry in ready.committed_entries:
+            self.apply(node, entry)
+        for state in ready.read_states:
+            self.check_read(node.node_id, state.ctx, state.index)
+        self.maybe_crash(node, "after_apply")
+        raft.advance(ready)
+        self.maybe_compact(node, raft)
+
+    def maybe_crash(self, node: SimNode, point: str) -> None:
+        if node.crash_at == point:
+            self.record("torn ready", (node.node_id, point))
+            raise Crashed(point)
+
+    def persist(self, node: SimNode, raft: RaftNode, ready: Ready) -> None:
+        storage = node.storage
+        kept: list[Entry] = []
+        if ready.snapshot is not None:
+            kept = list(raft.entries_from(ready.snapshot.last_index + 1, raft.last_index + 1))
+        if ready.entries:
+            prev = storage.term_at(ready.entries[0].index - 1)
+            if ready.snapshot is not None:
+                prev = _term_before(ready.entries[0].index, ready.snapshot, kept)
+            self.raft_checker.on_log_write(node.node_id, ready.entries, prev)
+        storage.save(ready.hard_state, ready.entries, ready.snapshot, kept)
+        if ready.hard_state is not None:
+            self.raft_checker.on_hard_state(node.node_id, ready.hard_state)
+
+    def install_snapshot(self, node: SimNode, snap: Snapshot) -> None:
+        self.record("install snapshot", (node.node_id, snap.last_index, snap.last_term))
+        if snap.last_index < node.applied:
+            raise violation(
+                "snapshot moves forward",
+                f"{node.node_id} applied {node.applied}, got snapshot at {snap.last_index}",
+            )
+        self.locks.expect_table(node.node_id, snap.last_index, snap.data)
+        node.table = LockTable.restore(snap.data)
+        node.applied = snap.last_index
+
+    def send(self, node: SimNode, msg: Message) -> None:
+        if msg.src != node.node_id or msg.dst not in self.nodes or msg.dst == msg.src:
+            raise violation("message addressing", f"{node.node_id} sent {msg}")
+        if isinstance(msg, VoteResponse):
+            self.raft_checker.on_vote_sent(msg, node.storage.hard_state)
+        elif isinstance(msg, AppendResponse) and msg.success:
+            self.check_ack_durable(node, msg)
+        self.record("send", msg)
+        self.net.send(msg, self.now)
+
+    def check_ack_durable(self, node: SimNode, msg: AppendResponse) -> None:
+        if msg.match_index > node.storage.last_index:
+            raise violation(
+                "ack durable before sent",
+                f"{node.node_id} acked {msg.match_index}, stored {node.storage.last_index}",
+            )
+
+    def apply(self, node: SimNode, entry: Entry) -> None:
+        if entry.index != node.applied + 1:
+            raise violation(
+                "apply in order", f"{node.node_id} applied {node.applied}, then {entry.index}"
+            )
+        self.raft_checker.on_apply(node.node_id, entry)
+        self.locks.catch_up(self.raft_checker.applied)
+        if entry.kind == "command":
+            outcomes = node.table.apply(entry.index, json.loads(entry.data))
+            self.check_outcomes(node.node_id, entry.index, outcomes)
+        node.applied = entry.index
+        if entry.index % CHECKPOINT_EVERY == 0:
+            self.locks.expect_table(node.node_id, entry.index, node.table.snapshot())
+
+    def check_outcomes(self, node_id: str, index: int, outcomes: Sequence[Any]) -> None:
+        mine = list(outcomes)
+        want = self.locks.outcomes.get(index, [])
+        if mine != want:
+            raise violation("deterministic outcomes", f"{node_id} at {index}: {mine} vs {want}")
+
+    def check_read(self, node_id: str, ctx: int, index: int) -> None:
+        floor = self.reads.pop((node_id, ctx), None)
+        if floor is None:
+            return
+        if index < floor:
+            raise violation(
+                "linearizable read", f"{node_id} read ctx {ctx} at {index} < commit {floor}"
+            )
+        self.read_results.append((node_id, ctx, index))
+
+    def maybe_compact(self, node: SimNode, raft: RaftNode) -> None:
+        applied = raft.applied_index
+        if applied != node.applied:
+            raise violation(
+                "applied index agrees", f"{node.node_id} core {applied}, shell {node.applied}"
+            )
+        if applied - raft.first_index + 1 < self.config.snapshot_entries:
+            return
+        text = node.table.snapshot()
+        self.locks.expect_table(node.node_id, applied, text)
+        raft.compact(applied, text)
+        snap = raft.snapshot
+        if snap is not None:
+            self.record("compact", (node.node_id, snap.last_index))
+            node.storage.compact(snap)
+
+    # -- observation -----------------------------------------------------------------------
+
+    def observe(self, node: SimNode) -> None:
+        raft = node.core()
+        self.check_storage_agrees(node, raft)
+        self.raft_checker.on_role(node.node_id, raft.state, raft.term, raft)
+        self.raft_checker.on_commit(
+            node.node_id, raft.commit_index, raft.term, raft, self.leader_logs
+        )
+
+    def leader_logs(self) -> Iterator[tuple[str, int, LogView]]:
+        for node in self.live_nodes():
+            raft = node.core()
+            if raft.state == "leader":
+                yield node.node_id, raft.term, raft
+
+    def check_storage_agrees(self, node: SimNode, raft: RaftNode) -> None:
+        """Once every Ready is handled, stable storage holds exactly the core's state."""
+        hs = node.storage.hard_state
+        stored_last = node.storage.last_index
+        if (hs.term, hs.voted_for) != (raft.term, raft.voted_for):
+            raise violation(
+                "hard state persisted",
+                f"{node.node_id} core term {raft.term} vote {raft.voted_for}, stored {hs}",
+            )
+        if stored_last != raft.last_index or node.storage.term_at(stored_last) != raft.term_at(
+            stored_last
+        ):
+            raise violation(
+                "log persisted",
+                f"{node.node_id} core last {raft.last_index} term "
+                f"{raft.term_at(raft.last_index)}, stored last {stored_last} term "
+                f"{node.storage.term_at(stored_last)}",
+            )
+
+    def check_tables(self) -> None:
+        """Every live table equals the reference at its applied index (costly: run ends)."""
+        for node in self.live_nodes():
+            self.locks.expect_table(node.node_id, node.applied, node.table.snapshot())
+
+    def check_logs_fully(self) -> None:
+        """The stored log of every live node matches its core entry for entry."""
+        for node in self.live_nodes():
+            raft = node.core()
+            for entry in node.storage.entries:
+                if entry.index >= raft.first_index and raft.term_at(entry.index) != entry.term:
+                    raise violation(
+                        "log persisted",
+                        f"{node.node_id} index {entry.index} stored term {entry.term}, core "
+                        f"{raft.term_at(entry.index)}",
+                    )
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def live_nodes(self) -> list[SimNode]:
+        return [n for n in self.nodes.values() if n.raft is not None]
+
+    def leaders(self) -> list[str]:
+        return [n.node_id for n in self.live_nodes() if n.core().state == "leader"]
+
+    def leader(self) -> str | None:
+        """The live leader of the highest term, if any."""
+        best: tuple[int, str] | None = None
+        for nid in self.leaders():
+            term = self.nodes[nid].core().term
+            if best is None or term > best[0]:
+                best = (term, nid)
+        return best[1] if best else None
+
+    def now_ms(self, node_id: str) -> int:
+        return self.now * TICK_MS + self.skew_ms[node_id]
+
+    def record(self, kind: str, detail: object) -> None:
+        self.trace.append((self.now, kind, detail))
+        self.counts[kind] += 1
+
+    def format_trace(self, last: int = 40) -> str:
+        events = list(self.trace)[-last:]
+        return "\n".join(f"  step {s:4d} {kind:<16} {_short(d)}" for s, kind, d in events)
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            self.step()
+
+    def heal(self) -> None:
+        self.net.heal()
+        self.record("heal", "")
+
+
+def _term_before(first: int, snap: Snapshot, kept: Sequence[Entry]) -> int | None:
+    if first - 1 == snap.last_index:
+        return snap.last_term
+    for entry in kept:
+        if entry.index == first - 1:
+            return entry.term
+    return None
+
+
+def _short(detail: object) -> str:
+    text = repr(detail)
+    return text if len(text) <= 160 else text[:157] + "..."

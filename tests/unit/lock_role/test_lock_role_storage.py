@@ -1,0 +1,93 @@
+"""Raft storage: the Redis adapter and its in-memory twin keep the same log."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from distcluster_worker.lock_role.storage import InMemoryRaftStorage, LogPlan, RedisRaftStorage
+from distcluster_worker.raft.messages import Entry, HardState, Snapshot
+
+
+def _entries(first: int, count: int, term: int) -> list[Entry]:
+    return [Entry(term, i, "command", f"cmd-{term}-{i}") for i in range(first, first + count)]
+
+
+def test_log_plan_truncates_conflicting_suffix() -> None:
+    plan = LogPlan()
+    plan.append(_entries(1, 5, 1))
+    ops = plan.append(_entries(3, 2, 2))
+    assert ops[0] == ("ltrim", 0, 1)
+    assert (plan.start, plan.last) == (1, 4)
+
+
+def test_log_plan_refuses_a_gap() -> None:
+    plan = LogPlan()
+    plan.append(_entries(1, 2, 1))
+    with pytest.raises(ValueError, match="gap"):
+        plan.append(_entries(4, 1, 1))
+
+
+def test_log_plan_trim_head_moves_start() -> None:
+    plan = LogPlan()
+    plan.append(_entries(1, 10, 1))
+    assert plan.trim_head(4) == [("ltrim", 4, -1), ("set_start", 5)]
+    assert (plan.start, plan.last) == (5, 10)
+    plan.trim_head(20)
+    assert (plan.start, plan.length) == (21, 0)
+
+
+async def _random_history(storages: list, seed: int) -> None:  # type: ignore[type-arg]
+    rng = random.Random(seed)
+    last, term, commit = 0, 1, 0
+    for step in range(60):
+        action = rng.random()
+        if action < 0.6 or last == 0:
+            first = rng.randint(max(commit + 1, last - 3), last + 1) if last else 1
+            term += rng.random() < 0.3
+            batch = _entries(first, rng.randint(1, 4), term)
+            last = batch[-1].index
+            hs = HardState(term, rng.choice([None, "node1", "node2"]), min(commit, last))
+            for storage in storages:
+                await storage.save(hs, batch)
+        elif action < 0.8:
+            commit = rng.randint(commit, last)
+            snap = Snapshot(commit, term, f"state-{step}", ("node1", "node2", "node3"))
+            for storage in storages:
+                await storage.compact(snap)
+        else:
+            snap = Snapshot(last + 2, term, f"installed-{step}", ("node1",))
+            kept = _entries(last + 3, 2, term)
+            last, commit = last + 4, last + 2
+            for storage in storages:
+                await storage.save(HardState(term, None, commit), [], snap, kept)
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_redis_storage_matches_in_memory_twin(redis_url: str, seed: int) -> None:
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    key = f"test:{uuid.uuid4().hex}:raft:node1"
+    redis_storage = RedisRaftStorage(client, key)
+    twin = InMemoryRaftStorage()
+    try:
+        await _random_history([redis_storage, twin], seed)
+        assert await RedisRaftStorage(client, key).load() == await twin.load()
+    finally:
+        await client.aclose()
+
+
+async def test_restart_reads_back_hard_state_and_log(redis_url: str) -> None:
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    key = f"test:{uuid.uuid4().hex}:raft:node2"
+    try:
+        storage = RedisRaftStorage(client, key)
+        await storage.save(HardState(3, "node1", 2), _entries(1, 3, 3))
+        restored = await RedisRaftStorage(client, key).load()
+        assert restored.hard_state == HardState(3, "node1", 2)
+        assert [e.index for e in restored.entries] == [1, 2, 3]
+        assert restored.snapshot is None
+    finally:
+        await client.aclose()

@@ -1,0 +1,1 @@
+"""The lock_manager role: Raft driven over HTTP and Redis, serving the lock API."""

@@ -1,0 +1,291 @@
+"""Drives a pure `RaftNode` with real time, real storage and a real network.
+
+All access to the node goes through one asyncio lock, and whoever changes the node
+(a tick, a received message, a batch of proposals) drains every `Ready` before letting
+go: persist (one Redis transaction), then hand messages to the network, then apply
+committed entries, then `advance`. Because a received request is stepped and its
+`Ready` persisted under the same lock, the reply the node produced can be returned in
+the HTTP response to that very request, and it is never sent before it is durable.
+
+Proposals wait in a queue while the lock is busy persisting the previous batch, so
+under load many client commands share one AppendEntries and one Redis write.
+Each peer has one sender task that posts whatever accumulated for it in one request
+(its replies are stepped back in); the queue is bounded because Raft retransmits
+anything lost, so a dead peer costs memory for only a few messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from distcluster_worker.lock_role.storage import RaftStorage
+from distcluster_worker.raft.messages import (
+    RESPONSE_TYPES,
+    Entry,
+    Message,
+    Ready,
+    VoteRequest,
+)
+from distcluster_worker.raft.node import NotLeader, RaftNode
+
+SendBatch = Callable[[str, str, list[Message]], Awaitable[list[Message]]]
+"""(peer id, path, messages) -> the peer's reply messages; raises on any failure."""
+
+VOTE_PATH = "/raft-vote"
+APPEND_PATH = "/raft-append"
+PEER_QUEUE_LIMIT = 256
+MAILBOX_LIMIT = 256
+
+
+class StateMachine(Protocol):
+    def apply(self, entry: Entry) -> None: ...
+
+    def restore(self, data: str) -> None: ...
+
+    def snapshot(self) -> str: ...
+
+
+class RaftDriver:
+    """The I/O shell around one Raft node. See the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        node: RaftNode,
+        storage: RaftStorage,
+        send: SendBatch,
+        machine: StateMachine,
+        *,
+        tick_ms: int,
+        snapshot_entries: int,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
+        self.node = node
+        self._storage = storage
+        self._send = send
+        self._machine = machine
+        self._tick_s = tick_ms / 1000
+        self._snapshot_entries = snapshot_entries
+        self._log = log
+        self._on_tick = on_tick
+        self._mu = asyncio.Lock()
+        self._proposals: list[tuple[str, asyncio.Future[int]]] = []
+        self._proposal_wakeup = asyncio.Event()
+        self._reads: dict[int, asyncio.Future[int]] = {}
+        self._read_ctx = itertools.count(1)
+        self._applied = asyncio.Condition()
+        self._mailbox: dict[str, deque[Message]] = {}
+        self._senders: dict[str, _PeerSender] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.storage_healthy = True
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        for peer in self.node.voters:
+            if peer != self.node.node_id:
+                self._senders[peer] = _PeerSender(peer, self)
+        self._tasks = [
+            asyncio.create_task(self._tick_loop(), name="raft-tick"),
+            asyncio.create_task(self._proposal_loop(), name="raft-proposals"),
+        ]
+        self._tasks += [s.start() for s in self._senders.values()]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+    # -- inputs ------------------------------------------------------------------
+
+    async def receive(self, messages: list[Message]) -> list[Message]:
+        """Step messages from one peer; return the replies, already persisted."""
+        src = messages[0].src
+        async with self._mu:
+            for msg in messages:
+                self.node.step(msg)
+            await self._drain()
+        box = self._mailbox.pop(src, None)
+        return list(box) if box else []
+
+    async def propose(self, data: str) -> int:
+        """Append a command through the leader; returns its index (NotLeader otherwise)."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._proposals.append((data, future))
+        self._proposal_wakeup.set()
+        return await future
+
+    async def read_index(self) -> int:
+        """Confirm leadership with a quorum; returns the index a linearizable read needs."""
+        ctx = next(self._read_ctx)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = future
+        try:
+            async with self._mu:
+                self.node.read_index(ctx)
+                await self._drain()
+            return await future
+        finally:
+            self._reads.pop(ctx, None)
+
+    async def wait_applied(self, index: int) -> None:
+        async with self._applied:
+            await self._applied.wait_for(lambda: self.node.applied_index >= index)
+
+    # -- the loops -----------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_s)
+            try:
+                async with self._mu:
+                    self.node.tick()
+                    await self._drain()
+                if self._on_tick is not None:
+                    self._on_tick()
+            except Exception:  # noqa: BLE001 - the loop must survive a Redis outage
+                self._log.warning("raft tick failed", exc_info=True)
+
+    async def _proposal_loop(self) -> None:
+        while True:
+            await self._proposal_wakeup.wait()
+            self._proposal_wakeup.clear()
+            batch, self._proposals = self._proposals, []
+            if not batch:
+                continue
+            try:
+                async with self._mu:
+                    self._propose_locked(batch)
+                    await self._drain()
+            except Exception:  # noqa: BLE001 - callers time out; entries persist later
+                self._log.warning("persisting proposals failed", exc_info=True)
+
+    def _propose_locked(self, batch: list[tuple[str, asyncio.Future[int]]]) -> None:
+        try:
+            indexes = self.node.propose_many([data for data, _ in batch])
+        except NotLeader as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(NotLeader(exc.leader_id))
+            return
+        for (_, future), index in zip(batch, indexes, strict=True):
+            if not future.done():
+                future.set_result(index)
+
+    # -- Ready -----------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Handle every pending Ready; the caller holds the lock."""
+        while self.node.has_ready():
+            ready = self.node.ready()
+            await self._persist(ready)
+            if ready.snapshot is not None:
+                self._machine.restore(ready.snapshot.data)
+            for msg in ready.messages:
+                self._dispatch(msg)
+            for entry in ready.committed_entries:
+                self._machine.apply(entry)
+            for state in ready.read_states:
+                future = self._reads.get(state.ctx)
+                if future is not None and not future.done():
+                    future.set_result(state.index)
+            self.node.advance(ready)
+            await self._notify_applied()
+            await self._maybe_compact()
+
+    async def _persist(self, ready: Ready) -> None:
+        kept: list[Entry] = []
+        if ready.snapshot is not None:
+            kept = self.node.entries_from(ready.snapshot.last_index + 1, self.node.last_index + 1)
+        try:
+            await self._storage.save(ready.hard_state, ready.entries, ready.snapshot, kept)
+        except Exception:
+            self.storage_healthy = False
+            raise
+        self.storage_healthy = True
+
+    def _dispatch(self, msg: Message) -> None:
+        if isinstance(msg, RESPONSE_TYPES):
+            box = self._mailbox.setdefault(msg.dst, deque(maxlen=MAILBOX_LIMIT))
+            box.append(msg)
+            return
+        sender = self._senders.get(msg.dst)
+        if sender is not None:
+            sender.enqueue(msg)
+
+    async def _notify_applied(self) -> None:
+        async with self._applied:
+            self._applied.notify_all()
+
+    async def _maybe_compact(self) -> None:
+        applied = self.node.applied_index
+        if applied - self.node.first_index + 1 < self._snapshot_entries:
+            return
+        self.node.compact(applied, self._machine.snapshot())
+        snapshot = self.node.snapshot
+        if snapshot is not None:
+            await self._storage.compact(snapshot)
+            self._log.info("log compacted", extra={"snapshot_index": snapshot.last_index})
+
+
+class _PeerSender:
+    """Posts the messages queued for one peer, one request at a time, and steps replies."""
+
+    def __init__(self, peer: str, driver: RaftDriver) -> None:
+        self.peer = peer
+        self._driver = driver
+        self._queue: deque[Message] = deque(maxlen=PEER_QUEUE_LIMIT)
+        self._wakeup = asyncio.Event()
+        self.failures = 0
+
+    def start(self) -> asyncio.Task[None]:
+        return asyncio.create_task(self._run(), name=f"raft-send-{self.peer}")
+
+    def enqueue(self, msg: Message) -> None:
+        self._queue.append(msg)
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch = list(self._queue)
+            self._queue.clear()
+            votes: list[Message] = [m for m in batch if isinstance(m, VoteRequest)]
+            others: list[Message] = [m for m in batch if not isinstance(m, VoteRequest)]
+            for path, msgs in ((VOTE_PATH, votes), (APPEND_PATH, others)):
+                if msgs:
+                    await self._post(path, msgs)
+
+    async def _post(self, path: str, msgs: list[Message]) -> None:
+        try:
+            replies = await self._driver._send(self.peer, path, msgs)
+        except Exception as exc:  # noqa: BLE001 - Raft retransmits; log the first failure
+            self.failures += 1
+            if self.failures == 1:
+                self._driver._log.warning(
+                    "peer unreachable", extra={"peer": self.peer, "error": repr(exc)}
+                )
+            await asyncio.sleep(self._driver._tick_s)
+            return
+        if self.failures:
+            self._driver._log.info("peer reachable again", extra={"peer": self.peer})
+        self.failures = 0
+        mine = [m for m in replies if m.dst == self._driver.node.node_id]
+        if mine:
+            try:
+                async with self._driver._mu:
+                    for msg in mine:
+                        self._driver.node.step(msg)
+                    await self._driver._drain()
+            except Exception:  # noqa: BLE001 - a storage failure; Raft will retry
+                self._driver._log.warning("stepping replies failed", exc_info=True)

@@ -1,0 +1,368 @@
+"""The `lock_manager` node: Raft over HTTP and Redis, serving the lock API.
+
+Every node accepts every request. The leader proposes it and answers when the outcome
+is applied; any other node forwards it to the leader it knows (one hop, marked with
+`?hops=`), and when no leader is known within `REQUEST_TIMEOUT_MS` it answers 503
+`unavailable`. A request id is fixed on the first node, so a forwarded or retried
+request is applied at most once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import uuid
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter, Gauge
+
+from distcluster_worker.lock_role.driver import RaftDriver
+from distcluster_worker.lock_role.models import (
+    NAME_PATTERN,
+    AcquireRequest,
+    GrantResponse,
+    LockView,
+    RaftStatus,
+    ReleaseRequest,
+    ReleaseResponse,
+    RenewRequest,
+    RenewResponse,
+)
+from distcluster_worker.lock_role.responses import outcome_answer
+from distcluster_worker.lock_role.service import LockService, QuorumUnavailableError
+from distcluster_worker.lock_role.storage import RedisRaftStorage
+from distcluster_worker.locks.outcomes import Outcome
+from distcluster_worker.raft.messages import Message, WireError, message_from_wire, message_to_wire
+from distcluster_worker.raft.node import NotLeader, RaftConfig, RaftNode
+from distcluster_worker.shell.config import Settings
+from distcluster_worker.shell.errors import ApiError, error_response, parse_json
+from distcluster_worker.shell.node import BaseNode
+from distcluster_worker.shell.openapi import Operation
+from distcluster_worker.shell.rpc import RpcError
+
+MAX_HOPS = 2
+NAME_RE = re.compile(NAME_PATTERN)
+
+
+class LockNode(BaseNode):
+    role = "lock_manager"
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self.service = LockService(
+            clock_ms=self.now_ms,
+            request_timeout_ms=settings.request_timeout_ms,
+            log=self.log,
+            on_outcome=self._count_outcome,
+        )
+        self.driver: RaftDriver | None = None
+        self._boot_task: asyncio.Task[None] | None = None
+        registry = self.metrics.registry
+        self._outcomes = Counter(
+            "distcluster_lock_outcomes", "Lock table outcomes applied", ["type"], registry=registry
+        )
+        self._raft_gauge = Gauge(
+            "distcluster_raft", "Raft state of this node", ["field"], registry=registry
+        )
+        self._raft_gauge.labels("term").set_function(lambda: self._status_field("term"))
+        self._raft_gauge.labels("commit_index").set_function(
+            lambda: self._status_field("commit_index")
+        )
+        self._raft_gauge.labels("last_applied").set_function(
+            lambda: self._status_field("last_applied")
+        )
+        self._raft_gauge.labels("is_leader").set_function(
+            lambda: 1.0 if self.driver and self.driver.node.state == "leader" else 0.0
+        )
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        self._boot_task = asyncio.create_task(self._boot(), name="raft-boot")
+
+    async def on_stop(self) -> None:
+        if self._boot_task is not None:
+            self._boot_task.cancel()
+        if self.driver is not None:
+            await self.driver.stop()
+
+    async def _boot(self) -> None:
+        """Load this node's Raft state from Redis (retrying while Redis is down), then run."""
+        s = self.settings
+        storage = RedisRaftStorage(self.redis, s.redis_key("raft", s.node_id))
+        delay = 0.1
+        while True:
+            try:
+                restored = await storage.load()
+                break
+            except Exception as exc:  # noqa: BLE001 - Redis may come up after the node
+                self.log.warning("cannot load Raft state yet", extra={"error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        if restored.snapshot is not None:
+            self.service.restore(restored.snapshot.data)
+        config = RaftConfig(
+            node_id=s.node_id,
+            voters=tuple(sorted({s.node_id, *s.peer_urls})),
+            election_timeout_ticks=s.raft_election_ticks,
+            heartbeat_ticks=s.raft_heartbeat_ticks,
+        )
+        node = RaftNode(config, random.Random(), restored)
+        self.driver = RaftDriver(
+            node,
+            storage,
+            self._send,
+            self.service,
+            tick_ms=s.raft_tick_ms,
+            snapshot_entries=s.raft_snapshot_entries,
+            log=self.log,
+            on_tick=self.service.on_tick,
+        )
+        self.service.driver = self.driver
+        await self.driver.start()
+        self.log.info(
+            "raft started",
+            extra={"term": node.term, "last_index": node.last_index, "voters": config.voters},
+        )
+
+    async def _send(self, peer: str, path: str, messages: list[Message]) -> list[Message]:
+        body = {"messages": [message_to_wire(m) for m in messages]}
+        status, reply = await self.rpc.post_json(
+            self.settings.peer_urls[peer], path, body, retries=0
+        )
+        if status != 200 or not isinstance(reply, dict):
+            raise RpcError(f"{peer}{path} answered {status}")
+        return [message_from_wire(raw) for raw in reply.get("messages", [])]
+
+    # -- BaseNode hooks --------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.driver is None:
+            return False, "loading Raft state from Redis"
+        if not self.driver.storage_healthy:
+            return False, "Redis is not accepting Raft writes"
+        if self.driver.node.leader_id is None:
+            return False, "no leader elected yet"
+        return True, "ok"
+
+    def role_state(self) -> dict[str, Any]:
+        if self.driver is None:
+            return {"raft": None}
+        return {"raft": self._raft_status()}
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/lock/acquire", self._acquire),
+            web.post("/lock/release", self._release),
+            web.post("/lock/renew", self._renew),
+            web.get("/lock/{resource}", self._view),
+            web.get("/raft/status", self._status),
+            web.post("/raft-vote", self._raft_rpc),
+            web.post("/raft-append", self._raft_rpc),
+        ]
+
+    def operations(self) -> list[Operation]:
+        errors = {400: "bad input", 503: "no quorum"}
+        return [
+            Operation(
+                "post",
+                "/lock/acquire",
+                "Take a shared or exclusive lock, waiting up to wait_ms",
+                AcquireRequest,
+                GrantResponse,
+                {**errors, 409: "deadlock", 423: "locked"},
+            ),
+            Operation(
+                "post",
+                "/lock/release",
+                "Release a held lock",
+                ReleaseRequest,
+                ReleaseResponse,
+                {**errors, 409: "not_holder"},
+            ),
+            Operation(
+                "post",
+                "/lock/renew",
+                "Extend a lease",
+                RenewRequest,
+                RenewResponse,
+                {**errors, 409: "not_holder"},
+            ),
+            Operation("get", "/lock/{resource}", "Holders and waiters", None, LockView, errors),
+            Operation("get", "/raft/status", "This node's Raft state", None, RaftStatus, {}),
+        ]
+
+    # -- lock endpoints ----------------------------------------------------------------
+
+    async def _acquire(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, AcquireRequest)
+        s = self.settings
+        ttl_ms = body.ttl_ms if body.ttl_ms is not None else s.lock_default_ttl_ms
+        _check_limit("ttl_ms", ttl_ms, s.lock_max_ttl_ms)
+        _check_limit("wait_ms", body.wait_ms, s.lock_max_wait_ms)
+        command = {
+            "op": "acquire",
+            "request_id": body.request_id or uuid.uuid4().hex,
+            "resource": body.resource,
+            "owner": body.owner,
+            "mode": body.mode,
+            "ttl_ms": ttl_ms,
+            "wait_ms": body.wait_ms,
+        }
+        return await self._serve(request, command, wait_ms=body.wait_ms)
+
+    async def _release(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, ReleaseRequest)
+        command = {
+            "op": "release",
+            "request_id": body.request_id or uuid.uuid4().hex,
+            "resource": body.resource,
+            "owner": body.owner,
+            "token": body.token,
+        }
+        return await self._serve(request, command)
+
+    async def _renew(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, RenewRequest)
+        ttl_ms = body.ttl_ms if body.ttl_ms is not None else self.settings.lock_default_ttl_ms
+        _check_limit("ttl_ms", ttl_ms, self.settings.lock_max_ttl_ms)
+        command = {
+            "op": "renew",
+            "request_id": body.request_id or uuid.uuid4().hex,
+            "resource": body.resource,
+            "owner": body.owner,
+            "token": body.token,
+            "ttl_ms": ttl_ms,
+        }
+        return await self._serve(request, command)
+
+    async def _serve(
+        self, request: web.Request, command: dict[str, Any], *, wait_ms: int = 0
+    ) -> web.Response:
+        """Run `command` on the leader: here if this node leads, else forward it."""
+        deadline = self._deadline(wait_ms)
+        while True:
+            if self._is_leader():
+                try:
+                    outcome = await self.service.execute(command, wait_ms=wait_ms)
+                except NotLeader:
+                    continue
+                except QuorumUnavailableError as exc:
+                    return _unavailable(str(exc))
+                status, body = outcome_answer(outcome)
+                return web.json_response(body, status=status)
+            leader = await self._wait_for_leader(deadline)
+            if leader is None:
+                return _unavailable("no leader is known; the cluster may have lost its quorum")
+            if leader != self.settings.node_id:
+                forward = {k: v for k, v in command.items() if k != "op"}
+                return await self._forward(request, "post", forward, deadline)
+
+    async def _view(self, request: web.Request) -> web.Response:
+        resource = request.match_info["resource"]
+        if NAME_RE.fullmatch(resource) is None:
+            raise ApiError(400, "bad_request", f"invalid resource name {json.dumps(resource)}")
+        deadline = self._deadline(0)
+        while True:
+            if self._is_leader():
+                try:
+                    return web.json_response(await self.service.read(resource))
+                except NotLeader:
+                    continue
+                except QuorumUnavailableError as exc:
+                    return _unavailable(str(exc))
+            leader = await self._wait_for_leader(deadline)
+            if leader is None:
+                return _unavailable("no leader is known; the cluster may have lost its quorum")
+            if leader != self.settings.node_id:
+                return await self._forward(request, "get", None, deadline)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        if self.driver is None:
+            return error_response(503, "not_ready", "Raft state is still loading")
+        return web.json_response(self._raft_status())
+
+    async def _raft_rpc(self, request: web.Request) -> web.Response:
+        try:
+            raw = await request.json()
+            messages = [message_from_wire(m) for m in raw["messages"]]
+        except (ValueError, KeyError, TypeError, WireError) as exc:
+            return error_response(400, "bad_request", f"bad Raft message: {exc}")
+        if not messages or len({m.src for m in messages}) != 1:
+            return error_response(400, "bad_request", "messages must come from one peer")
+        if messages[0].src not in self.settings.peer_urls:
+            return error_response(403, "forbidden", f"{messages[0].src!r} is not a peer")
+        if self.driver is None:
+            return error_response(503, "not_ready", "Raft state is still loading")
+        replies = await self.driver.receive(messages)
+        return web.json_response({"messages": [message_to_wire(m) for m in replies]})
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _is_leader(self) -> bool:
+        return self.driver is not None and self.driver.node.state == "leader"
+
+    def _deadline(self, wait_ms: int) -> float:
+        loop = asyncio.get_running_loop()
+        return loop.time() + (wait_ms + self.settings.request_timeout_ms) / 1000
+
+    async def _wait_for_leader(self, deadline: float) -> str | None:
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline:
+            driver = self.driver
+            if driver is not None and driver.node.leader_id is not None:
+                leader = driver.node.leader_id
+                if leader != self.settings.node_id or driver.node.state == "leader":
+                    return leader
+            await asyncio.sleep(self.settings.raft_tick_ms / 1000)
+        return None
+
+    async def _forward(
+        self, request: web.Request, method: str, body: Any, deadline: float
+    ) -> web.Response:
+        hops = int(request.query.get("hops", "0")) if request.query.get("hops", "").isdigit() else 0
+        leader = self.driver.node.leader_id if self.driver else None
+        if hops >= MAX_HOPS or leader is None or leader not in self.settings.peer_urls:
+            return _unavailable("the leader could not be reached")
+        timeout_ms = max(1, int((deadline - asyncio.get_running_loop().time()) * 1000))
+        path = f"{request.path}?hops={hops + 1}"
+        url = self.settings.peer_urls[leader]
+        try:
+            if method == "get":
+                status, reply = await self.rpc.get_json(url, path, timeout_ms=timeout_ms, retries=0)
+            else:
+                status, reply = await self.rpc.post_json(
+                    url, path, body, timeout_ms=timeout_ms, retries=0
+                )
+        except RpcError as exc:
+            return _unavailable(f"leader {leader} unreachable: {exc}")
+        return web.json_response(reply, status=status)
+
+    def _raft_status(self) -> dict[str, Any]:
+        if self.driver is None:
+            return {}
+        status = dict(self.driver.node.status())
+        status.setdefault("last_applied", self.driver.node.applied_index)
+        status["lock_table"] = self.service.table.stats()
+        return status
+
+    def _status_field(self, name: str) -> float:
+        if self.driver is None:
+            return 0.0
+        value = self.driver.node.status().get(name, 0)
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    def _count_outcome(self, outcome: Outcome) -> None:
+        self._outcomes.labels(type(outcome).__name__.lower()).inc()
+
+
+def _check_limit(field: str, value: int, limit: int) -> None:
+    if value > limit:
+        raise ApiError(400, "bad_request", f"{field} must be at most {limit}, got {value}")
+
+
+def _unavailable(message: str) -> web.Response:
+    return error_response(503, "unavailable", message)

@@ -1,0 +1,1 @@
+"""The generic node shell: configuration, logging, HTTP server, RPC client, Redis pool, metrics."""

@@ -1,0 +1,301 @@
+"""BaseNode: the life cycle and common endpoints every role builds on.
+
+A role subclasses ``BaseNode`` and fills in hooks: ``routes`` and ``operations`` (its
+endpoints and their documentation), ``on_start``/``on_stop`` (its tasks), ``readiness``
+and ``role_state``. The shell owns everything else, the same way for every role:
+
+* start-up order: Redis pool and RPC client, then ``on_start`` (which may load state from
+  Redis and start timers), then the HTTP site, so that no request arrives before the role
+  can answer it;
+* shutdown order: stop accepting connections and drain in-flight requests for at most
+  ``shutdown_grace_ms``, then ``on_stop``, then close the RPC client and Redis, so that a
+  handler never sees its clients closed under it;
+* ``/health`` (liveness), ``/ready`` (503 until the role says it can serve, and during
+  shutdown), ``/metrics``, ``/cluster`` and ``/openapi.json``;
+* middlewares: metrics and a DEBUG request log outermost (they see the final status), then
+  the error middleware, so that no request can crash the node.
+
+Time: roles read the wall clock only through ``now_ms()``, backed by an injected ``clock``
+(epoch seconds), so tests can drive it; durations inside the shell use the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from pydantic import BaseModel
+
+from distcluster_worker import __version__
+from distcluster_worker.shell.config import Settings
+from distcluster_worker.shell.errors import MAX_BODY_KEY, error_middleware, error_response
+from distcluster_worker.shell.logs import NodeLogger, get_logger
+from distcluster_worker.shell.metrics import NodeMetrics, metrics_middleware, metrics_response
+from distcluster_worker.shell.openapi import Operation, build_openapi
+from distcluster_worker.shell.rpc import RpcClient
+
+REDIS_SOCKET_TIMEOUT_S = 2.0
+REDIS_HEALTH_CHECK_INTERVAL_S = 15
+
+
+class HealthResponse(BaseModel):
+    status: str
+    node_id: str
+    role: str
+    pid: int
+    uptime_s: float
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+
+
+class ClusterResponse(BaseModel):
+    node_id: str
+    role: str
+    peers: dict[str, str]
+    state: dict[str, Any]
+
+
+COMMON_OPERATIONS = [
+    Operation("GET", "/health", "Liveness of this node", None, HealthResponse, {200: "alive"}),
+    Operation(
+        "GET",
+        "/ready",
+        "Whether this node can serve requests",
+        None,
+        ReadyResponse,
+        {200: "ready", 503: "not ready (code not_ready)"},
+    ),
+    Operation("GET", "/metrics", "Prometheus metrics (text format)", None, None, {200: "OK"}),
+    Operation("GET", "/cluster", "Node id, role, peers and role state", None, ClusterResponse),
+    Operation("GET", "/openapi.json", "This document", None, None, {200: "OpenAPI 3.1"}),
+]
+
+
+class BaseNode:
+    """One node of a DistCluster cluster; subclass per role."""
+
+    role: ClassVar[str] = "base"
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] | None = None) -> None:
+        self.settings = settings
+        self._clock: Callable[[], float] = clock if clock is not None else time.time
+        self.log = NodeLogger(get_logger(f"distcluster.{self.role}"), settings.node_id)
+        self.metrics = NodeMetrics()
+        self.metrics.node_info.labels(settings.node_id, self.role).set(1)
+        self.started_at: float = self._clock()
+        self.app: web.Application | None = None
+        self._rpc: RpcClient | None = None
+        self._redis: aioredis.Redis | None = None
+        self._runner: web.AppRunner | None = None
+        self._stopping = False
+        self._role_started = False
+        self._stop_requested: asyncio.Event | None = None
+
+    # --- time -------------------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        """Wall-clock time in epoch milliseconds, from the injected clock."""
+        return int(self._clock() * 1000)
+
+    # --- clients, available after start() (or injected before it by tests) -------------
+
+    @property
+    def rpc(self) -> RpcClient:
+        if self._rpc is None:
+            raise RuntimeError("the RPC client exists only after BaseNode.start()")
+        return self._rpc
+
+    @rpc.setter
+    def rpc(self, client: RpcClient) -> None:
+        self._rpc = client
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise RuntimeError("the Redis pool exists only after BaseNode.start()")
+        return self._redis
+
+    @redis.setter
+    def redis(self, client: aioredis.Redis) -> None:
+        self._redis = client
+
+    # --- role hooks -------------------------------------------------------------------
+
+    def routes(self) -> list[web.RouteDef]:
+        """The role's endpoints."""
+        return []
+
+    def operations(self) -> list[Operation]:
+        """The role's endpoints as documented in ``/openapi.json``."""
+        return []
+
+    async def on_start(self) -> None:
+        """Called after Redis and RPC exist, before the HTTP site accepts connections."""
+
+    async def on_stop(self) -> None:
+        """Called during graceful shutdown, after in-flight requests drained."""
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the role can serve client requests, and why not."""
+        return True, "ok"
+
+    def role_state(self) -> dict[str, Any]:
+        """The role's view of the cluster, shown by ``GET /cluster``."""
+        return {}
+
+    # --- HTTP -------------------------------------------------------------------------
+
+    def build_app(self) -> web.Application:
+        """The aiohttp application: middlewares, common endpoints and role routes."""
+        app = web.Application(
+            middlewares=[metrics_middleware(self.metrics), error_middleware],
+            client_max_size=self.settings.max_body_bytes,
+        )
+        app[MAX_BODY_KEY] = self.settings.max_body_bytes
+        app.add_routes(
+            [
+                web.get("/health", self._health),
+                web.get("/ready", self._ready),
+                web.get("/metrics", self._metrics),
+                web.get("/cluster", self._cluster),
+                web.get("/openapi.json", self._openapi),
+            ]
+        )
+        app.add_routes(self.routes())
+        self.app = app
+        return app
+
+    def openapi(self) -> dict[str, Any]:
+        title = f"DistCluster {self.role} node"
+        return build_openapi(title, __version__, [*COMMON_OPERATIONS, *self.operations()])
+
+    async def _health(self, request: web.Request) -> web.Response:
+        uptime_s = max(0.0, (self.now_ms() - self.started_at * 1000) / 1000)
+        body = HealthResponse(
+            status="ok",
+            node_id=self.settings.node_id,
+            role=self.role,
+            pid=os.getpid(),
+            uptime_s=round(uptime_s, 3),
+        )
+        return web.json_response(body.model_dump())
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        if self._stopping:
+            return error_response(503, "not_ready", "the node is shutting down")
+        ready, reason = self.readiness()
+        if not ready:
+            return error_response(503, "not_ready", reason)
+        return web.json_response({"ready": True})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return metrics_response(self.metrics)
+
+    async def _cluster(self, request: web.Request) -> web.Response:
+        body = {
+            "node_id": self.settings.node_id,
+            "role": self.role,
+            "peers": self.settings.peer_urls,
+            "state": self.role_state(),
+        }
+        return web.json_response(body, dumps=_dumps)
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(self.openapi())
+
+    # --- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open Redis and RPC, run ``on_start``, then listen on ``host:port``."""
+        self._stopping = False
+        self.started_at = self._clock()
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(
+                self.settings.redis_url,
+                socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+                socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
+                health_check_interval=REDIS_HEALTH_CHECK_INTERVAL_S,
+            )
+        if self._rpc is None:
+            self._rpc = RpcClient(self.settings.rpc_timeout_ms, self.settings.rpc_retries)
+        await self._rpc.start()
+        await self.on_start()
+        self._role_started = True
+        runner = web.AppRunner(
+            self.build_app(),
+            access_log=None,
+            shutdown_timeout=self.settings.shutdown_grace_ms / 1000,
+        )
+        await runner.setup()
+        self._runner = runner
+        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        await site.start()
+        self.log.info(
+            "node started",
+            extra={"role": self.role, "host": self.settings.host, "port": self.settings.port},
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, drain in-flight requests, ``on_stop``, close clients. Idempotent."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.log.info("node stopping", extra={"grace_ms": self.settings.shutdown_grace_ms})
+        try:
+            if self._runner is not None:
+                await self._runner.cleanup()
+                self._runner = None
+            if self._role_started:
+                self._role_started = False
+                await self.on_stop()
+        finally:
+            await self._close_clients()
+        self.log.info("node stopped")
+
+    async def _close_clients(self) -> None:
+        if self._rpc is not None:
+            await self._rpc.close()
+            self._rpc = None
+        if self._redis is not None:
+            try:
+                await self._redis.aclose()
+            except (OSError, aioredis.RedisError) as exc:
+                self.log.warning("closing Redis failed", extra={"error": str(exc)})
+            self._redis = None
+
+    def request_stop(self) -> None:
+        """Make ``serve_forever`` return after a graceful stop (as SIGTERM does)."""
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    async def serve_forever(self) -> None:
+        """Start, serve until SIGTERM or SIGINT (or ``request_stop``), then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        self._stop_requested = asyncio.Event()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
+            loop.add_signal_handler(sig, self._stop_requested.set)
+        try:
+            await self.start()
+            await self._stop_requested.wait()
+        finally:
+            # Handlers stay until the drain ends: a second SIGTERM must not kill the node
+            # half-way through its graceful stop.
+            try:
+                await self.stop()
+            finally:
+                for sig in signals:
+                    loop.remove_signal_handler(sig)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
