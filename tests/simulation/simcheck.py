@@ -4,7 +4,7 @@ The cluster reports every observable event here as it happens: a node's role and
 each hard state and log write as it reaches stable storage, commit advances, applied
 entries, votes on the wire and the outcomes of the lock table. The checkers keep the
 whole history of a run, so "at most one leader per term" means over all time, not at
-one instant, and a violation raises `InvariantViolation` the moment it becomes visible.
+one instant, and a violation raises `SimInvariantError` the moment it becomes visible.
 
 The checkers depend only on what Raft and the lock table promise, never on how the
 cores keep their state, so a forged history (see the tests) must make them fail.
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from distcluster_worker.raft.messages import Entry, HardState, VoteResponse
 
 
-class InvariantViolation(Exception):
+class SimInvariantError(Exception):
     """A property the cores promise did not hold; `invariant` names it in one phrase."""
 
     def __init__(self, invariant: str, detail: str) -> None:
@@ -29,8 +29,8 @@ class InvariantViolation(Exception):
         self.detail = detail
 
 
-def violation(invariant: str, detail: str) -> InvariantViolation:
-    return InvariantViolation(invariant, detail)
+def violation(invariant: str, detail: str) -> SimInvariantError:
+    return SimInvariantError(invariant, detail)
 
 
 class LogView(Protocol):
@@ -272,7 +272,8 @@ class HolderModel:
             return  # a re-acquire by the holder: the table echoes the lease it has
         self.grants += 1
         if g.token != index:
-            raise violation("token is the granting index", f"{g.resource} token {g.token} at {index}")
+            detail = f"{g.resource} token {g.token} at {index}"
+            raise violation("token is the granting index", detail)
         last = self.last_token.get(g.resource, 0)
         if g.token < last or (g.token == last and last != index):
             raise violation("fencing tokens increase", f"{g.resource} token {g.token} after {last}")

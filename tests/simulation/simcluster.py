@@ -23,6 +23,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from simcheck import CHECKPOINT_EVERY, LockReference, LogView, RaftChecker, violation
+from simnet import NetConfig, SimNetwork
+
 from distcluster_worker.locks import LockTable
 from distcluster_worker.raft.messages import (
     AppendResponse,
@@ -34,8 +37,6 @@ from distcluster_worker.raft.messages import (
     VoteResponse,
 )
 from distcluster_worker.raft.node import RaftConfig, RaftNode, Restored
-from simcheck import CHECKPOINT_EVERY, LockReference, LogView, RaftChecker, violation
-from simnet import NetConfig, SimNetwork
 
 CRASH_POINTS = ("before_persist", "after_persist", "after_send", "after_apply")
 TICK_MS = 10
@@ -52,7 +53,7 @@ def new_table() -> LockTable:
     return LockTable(dedup_capacity=DEDUP_CAPACITY)
 
 
-class Crashed(Exception):
+class CrashPointError(Exception):
     """Raised inside a node's drain when a scheduled crash point is reached."""
 
 
@@ -273,7 +274,7 @@ class Cluster:
         """
         try:
             changed = self.drain(node)
-        except Crashed:
+        except CrashPointError:
             self.crash(node.node_id)
             return
         if changed:
@@ -309,7 +310,7 @@ class Cluster:
     def maybe_crash(self, node: SimNode, point: str) -> None:
         if node.crash_at == point:
             self.record("torn ready", (node.node_id, point))
-            raise Crashed(point)
+            raise CrashPointError(point)
 
     def persist(self, node: SimNode, raft: RaftNode, ready: Ready) -> None:
         storage = node.storage

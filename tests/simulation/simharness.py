@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from simcheck import InvariantViolation
+from simcheck import SimInvariantError
 from simcluster import CRASH_POINTS, Cluster, ClusterConfig
 from simnet import NetConfig
 from simworkload import LockClients, WorkloadConfig
@@ -108,7 +108,7 @@ class SimSpec:
         )
 
 
-class SimFailure(AssertionError):
+class SimFailureError(AssertionError):
     """A run broke an invariant; `str()` is the one-line reproduction."""
 
     def __init__(self, spec: SimSpec, step: int, invariant: str, detail: str, trace: str):
@@ -200,7 +200,7 @@ class FaultInjector:
 
 
 def run_spec(spec: SimSpec) -> RunStats:
-    """Run one simulation; raises `SimFailure` on any violation or core exception."""
+    """Run one simulation; raises `SimFailureError` on any violation or core exception."""
     cluster = Cluster(spec.seed, spec.cluster_config())
     clients = LockClients(random.Random(f"{spec.seed}:clients"), spec.workload)
     faults = FaultInjector(random.Random(f"{spec.seed}:faults"), spec.profile)
@@ -215,7 +215,7 @@ def run_spec(spec: SimSpec) -> RunStats:
         stats.liveness_steps = check_liveness(cluster, clients, spec.liveness_steps)
         cluster.check_logs_fully()
         cluster.check_tables()
-    except InvariantViolation as exc:
+    except SimInvariantError as exc:
         raise _failure(spec, cluster, exc.invariant, exc.detail) from exc
     except Exception as exc:  # noqa: BLE001 - any exception from a core is a finding
         name = type(exc).__name__
@@ -227,9 +227,9 @@ def run_seed(seed: int) -> RunStats:
     return run_spec(SimSpec.from_seed(seed))
 
 
-def _failure(spec: SimSpec, cluster: Cluster, invariant: str, detail: str) -> SimFailure:
+def _failure(spec: SimSpec, cluster: Cluster, invariant: str, detail: str) -> SimFailureError:
     detail = " ".join(detail.split())
-    return SimFailure(spec, cluster.now, invariant, detail, cluster.format_trace())
+    return SimFailureError(spec, cluster.now, invariant, detail, cluster.format_trace())
 
 
 def _collect(stats: RunStats, cluster: Cluster) -> RunStats:
@@ -266,7 +266,7 @@ def check_liveness(cluster: Cluster, clients: LockClients, bound: int) -> int:
     while any(n.applied < final_index for n in cluster.nodes.values()):
         if cluster.now - start >= bound:
             lagging = {n.node_id: n.applied for n in cluster.nodes.values()}
-            raise InvariantViolation(
+            raise SimInvariantError(
                 "liveness", f"nodes did not all apply {final_index} in {bound} steps: {lagging}"
             )
         clients.propose_expiries(cluster)
@@ -288,7 +288,7 @@ def commit_final_command(cluster: Cluster, clients: LockClients, bound: int) -> 
             return done
         clients.propose_expiries(cluster)
         cluster.step()
-    raise InvariantViolation(
+    raise SimInvariantError(
         "liveness",
         f"no command committed within {bound} steps after healing "
         f"(leaders {cluster.leaders()}, tried {sorted(proposed)})",
@@ -323,7 +323,7 @@ def _applied_request(cluster: Cluster, request_ids: set[str]) -> int | None:
 FAULT_KNOBS = ("partition_rate", "crash_rate", "torn_rate", "loss", "duplication")
 
 
-def minimise(spec: SimSpec) -> tuple[SimSpec, SimFailure | None]:
+def minimise(spec: SimSpec) -> tuple[SimSpec, SimFailureError | None]:
     """Turn fault classes off one at a time while the run still fails the same way."""
     failure = _failure_of(spec)
     if failure is None:
@@ -331,7 +331,8 @@ def minimise(spec: SimSpec) -> tuple[SimSpec, SimFailure | None]:
     for knob in FAULT_KNOBS:
         if not getattr(spec.profile, knob):
             continue
-        candidate = replace(spec, profile=replace(spec.profile, **{knob: 0}))
+        off: dict[str, Any] = {knob: 0}
+        candidate = replace(spec, profile=replace(spec.profile, **off))
         again = _failure_of(candidate)
         if again is not None and again.invariant == failure.invariant:
             spec, failure = candidate, again
@@ -342,10 +343,10 @@ def minimise(spec: SimSpec) -> tuple[SimSpec, SimFailure | None]:
     return spec, failure
 
 
-def _failure_of(spec: SimSpec) -> SimFailure | None:
+def _failure_of(spec: SimSpec) -> SimFailureError | None:
     try:
         run_spec(spec)
-    except SimFailure as failure:
+    except SimFailureError as failure:
         return failure
     return None
 
@@ -380,7 +381,7 @@ def _run_for_sweep(seed: int) -> tuple[int, str | None, dict[str, int]]:
     """Picklable result for worker processes (exceptions with state do not pickle)."""
     try:
         stats = run_seed(seed)
-    except SimFailure as failure:
+    except SimFailureError as failure:
         return seed, str(failure), {"failed": 1}
     totals = dict(stats.events)
     totals.update(

@@ -14,9 +14,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from distcluster_worker.raft.node import NotLeader
 from simcheck import outcome_kind
 from simcluster import Cluster
+
+from distcluster_worker.raft.node import NotLeader
 
 EXPIRE_EVERY_TICKS = 3
 TTLS_MS = (30, 100, 300, 2000)

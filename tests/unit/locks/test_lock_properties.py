@@ -2,8 +2,8 @@
 
 Histories mix all five ops over few owners, resources and request ids (so retries,
 conflicts, queues and deadlocks are common), with time moving by random steps and the odd
-malformed command. A release or renew usually targets a live holder (its `pick` is resolved against the
-table just before applying), so they succeed often enough to matter.
+malformed command. A release, renew or cancel usually targets a live holder or waiter (its `pick` is resolved
+against the table just before applying), so they succeed often enough to matter.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ RESOURCES = st.sampled_from(["r1", "r2", "r3"])
 # None: a fresh id (made from the entry index); else one of a few ids used again and again
 # (a retry, or a client reusing an id).
 REQUEST_IDS = st.sampled_from([None] * 6 + ["q0", "q1", "q2"])
-# None: aim at a live holder (chosen by `pick` when the command runs), else use as given.
+# None: use the fields as given; else aim at a live holder (a waiter, for cancel) chosen
+# by `pick` when the command runs.
 PICK = st.one_of(st.none(), st.integers(0, 20), st.integers(0, 20))
 
 ACQUIRE = st.fixed_dictionaries(
@@ -55,7 +56,9 @@ RENEW = st.fixed_dictionaries(
         "ttl_ms": st.integers(1, 2_000),
     }
 )
-CANCEL = st.fixed_dictionaries({"op": st.just("cancel"), "request_id": REQUEST_IDS})
+CANCEL = st.fixed_dictionaries(
+    {"op": st.just("cancel"), "request_id": REQUEST_IDS, "pick": PICK}
+)
 EXPIRE = st.fixed_dictionaries({"op": st.just("expire")})
 # Marked so `_resolve` does not stamp `now_ms`, which would fix the last one.
 MALFORMED = st.sampled_from(
@@ -91,8 +94,15 @@ def _resolve(
     if "malformed" not in cmd:
         cmd["now_ms"] = now_ms
     pick = cmd.pop("pick", None)
+    if pick is None:
+        return cmd
+    if cmd["op"] == "cancel":
+        waiters = [w["request_id"] for r in table.resources() for w in table.view(r)["waiters"]]
+        if waiters:
+            cmd["request_id"] = waiters[pick % len(waiters)]
+        return cmd
     holders = [(r, h) for r in table.resources() for h in table.view(r)["holders"]]
-    if pick is not None and holders:
+    if holders:
         resource, hold = holders[pick % len(holders)]
         cmd.update(resource=resource, owner=hold["owner"], token=hold["token"])
     return cmd
