@@ -35,7 +35,6 @@ async def test_health_names_the_node_and_role(lock_cluster: ClusterFactory) -> N
 async def test_peer_traffic_goes_through_the_proxies(lock_cluster: ClusterFactory) -> None:
     """Without this, every partition test below would cut nothing."""
     cluster = await lock_cluster(nodes=3)
-    await cluster.stable_leader()
     leader, _ = await cluster.stable_leader()
     for (src, dst), proxy in cluster.mesh.links.items():
         if src == leader:
@@ -45,7 +44,7 @@ async def test_peer_traffic_goes_through_the_proxies(lock_cluster: ClusterFactor
 
 async def test_metrics_cluster_and_openapi_answer(lock_cluster: ClusterFactory) -> None:
     cluster = await lock_cluster(nodes=3)
-    leader, _ = await cluster.stable_leader()
+    await cluster.stable_leader()
     node = cluster.ids[0]
     metrics = await cluster.call(node, "GET", "/metrics")
     assert metrics.status == 200 and "distcluster_raft" in str(metrics.body), metrics

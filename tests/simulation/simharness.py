@@ -387,8 +387,8 @@ def _run_for_sweep(seed: int) -> tuple[int, str | None, dict[str, int]]:
     totals.update(
         runs=1,
         steps=stats.steps,
-        committed=stats.committed,
-        elections=stats.leaders,
+        committed_entries=stats.committed,
+        leader_terms=stats.leaders,
         grants=stats.grants,
         snapshots_installed=stats.snapshots_installed,
     )

@@ -24,7 +24,7 @@ TTLS_MS = (30, 100, 300, 2000)
 WAITS_MS = (0, 0, 50, 200, 1000)
 
 
-@dataclass
+@dataclass(frozen=True)
 class WorkloadConfig:
     resources: int = 3
     owners: int = 4

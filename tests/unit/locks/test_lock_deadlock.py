@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from lock_driver import Driver
 
-from distcluster_worker.locks import Queued, Refused
+from distcluster_worker.locks import Outcome, Queued, Refused
 from distcluster_worker.locks.waitgraph import find_any_cycle, find_cycle
 
 
-def _deadlock(outcomes: list[object]) -> tuple[str, ...]:
+def _deadlock(outcomes: list[Outcome]) -> tuple[str, ...]:
     [refused] = outcomes
     assert isinstance(refused, Refused) and refused.code == "deadlock"
     return refused.cycle

@@ -37,9 +37,7 @@ def test_release_of_one_shared_holder_keeps_the_others(d: Driver) -> None:
 
 def test_renew_extends_from_the_current_clock(d: Driver) -> None:
     d.acquire("r", "a", ttl_ms=100)
-    assert d.at(1_050).renew("r", "a", 1, 400, request_id="x") == [
-        Renewed("x", "r", "a", 1, 1_450)
-    ]
+    assert d.at(1_050).renew("r", "a", 1, 400, request_id="x") == [Renewed("x", "r", "a", 1, 1_450)]
     assert d.table.next_deadline_ms() == 1_450
     assert d.at(1_100).expire() == []
     assert d.at(1_450).expire() == [Expired("r", "a", 1)]
@@ -53,3 +51,14 @@ def test_renew_checks_owner_token_and_liveness(d: Driver) -> None:
     [expired, late] = d.at(1_100).renew("r", "a", 1, 100)
     assert expired == Expired("r", "a", 1)
     assert isinstance(late, Refused) and late.code == "not_holder"
+
+
+def test_many_renewals_keep_deadlines_right(d: Driver) -> None:
+    # Each renewal leaves a stale heap entry; the heap is rebuilt now and then.
+    d.acquire("r", "a", ttl_ms=100)
+    for step in range(3_000):
+        d.at(1_000 + step).renew("r", "a", 1, 100)
+    assert d.table.next_deadline_ms() == 3_999 + 100
+    assert d.at(4_098).expire() == []
+    assert d.at(4_099).expire() == [Expired("r", "a", 1)]
+    assert d.table.next_deadline_ms() is None

@@ -2,8 +2,9 @@
 
 Histories mix all five ops over few owners, resources and request ids (so retries,
 conflicts, queues and deadlocks are common), with time moving by random steps and the odd
-malformed command. A release, renew or cancel usually targets a live holder or waiter (its `pick` is resolved
-against the table just before applying), so they succeed often enough to matter.
+malformed command. A release, renew or cancel usually targets a live holder or waiter
+(its `pick` is resolved against the table just before applying), so they succeed often
+enough to matter.
 """
 
 from __future__ import annotations
@@ -56,9 +57,7 @@ RENEW = st.fixed_dictionaries(
         "ttl_ms": st.integers(1, 2_000),
     }
 )
-CANCEL = st.fixed_dictionaries(
-    {"op": st.just("cancel"), "request_id": REQUEST_IDS, "pick": PICK}
-)
+CANCEL = st.fixed_dictionaries({"op": st.just("cancel"), "request_id": REQUEST_IDS, "pick": PICK})
 EXPIRE = st.fixed_dictionaries({"op": st.just("expire")})
 # Marked so `_resolve` does not stamp `now_ms`, which would fix the last one.
 MALFORMED = st.sampled_from(
@@ -84,9 +83,7 @@ STEP = st.tuples(st.sampled_from([-100, 0, 0, 10, 50, 200, 700]), st.integers(1,
 HISTORY = st.lists(STEP, min_size=20, max_size=120)
 
 
-def _resolve(
-    table: LockTable, index: int, now_ms: int, command: dict[str, Any]
-) -> dict[str, Any]:
+def _resolve(table: LockTable, index: int, now_ms: int, command: dict[str, Any]) -> dict[str, Any]:
     """Stamp `now_ms`, fill a fresh request id, and resolve a `pick` to a live holder."""
     cmd = {**command}
     if "request_id" in cmd and cmd["request_id"] is None:
@@ -146,7 +143,7 @@ def _check_outputs(table: LockTable, index: int, out: list[Outcome]) -> None:
             assert (outcome.owner, index) in held
 
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS

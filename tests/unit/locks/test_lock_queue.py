@@ -22,9 +22,7 @@ def test_a_waiting_writer_blocks_later_readers(d: Driver) -> None:
     d.acquire("r", "a", "shared")
     d.acquire("r", "w", wait_ms=9_000, request_id="w1")
     # Shared holders only, but a writer waits: the reader must queue behind it.
-    assert d.acquire("r", "b", "shared", wait_ms=9_000, request_id="b1") == [
-        Queued("b1", "r", 2)
-    ]
+    assert d.acquire("r", "b", "shared", wait_ms=9_000, request_id="b1") == [Queued("b1", "r", 2)]
     assert d.release("r", "a", 1)[1:] == [Granted("w1", "r", "w", "exclusive", 4, 11_000)]
     assert d.release("r", "w", 4)[1:] == [Granted("b1", "r", "b", "shared", 5, 11_000)]
 

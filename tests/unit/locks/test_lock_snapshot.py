@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lock_driver import Driver
 
 from distcluster_worker.locks import (
@@ -13,6 +16,7 @@ from distcluster_worker.locks import (
     Granted,
     LockSnapshotError,
     LockTable,
+    Outcome,
     Queued,
     Refused,
     Released,
@@ -31,8 +35,8 @@ def _busy(d: Driver) -> None:
     d.release("gone", "z", 6)
 
 
-def _script(d: Driver) -> list[object]:
-    out: list[object] = []
+def _script(d: Driver) -> list[Outcome]:
+    out: list[Outcome] = []
     out += d.at(2_500).acquire("r2", "a", wait_ms=1_000)
     out += d.at(3_500).expire()
     out += d.acquire("w1-retry", "w", request_id="w1")
@@ -101,7 +105,7 @@ def test_two_exclusive_holders_in_a_snapshot_are_refused(d: Driver) -> None:
 
 
 def test_every_outcome_round_trips_through_its_dict() -> None:
-    outcomes = [
+    outcomes: list[Outcome] = [
         Granted("q", "r", "o", "shared", 3, 9),
         Queued("q", "r", 2),
         Refused("q", "deadlock", "m", cycle=("a", "b", "a")),
@@ -123,3 +127,40 @@ def test_every_outcome_round_trips_through_its_dict() -> None:
     }
     with pytest.raises(ValueError):
         outcome_from_dict({**Queued("q", "r", 1).to_dict(), "position": "1"})
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**6) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=6,
+)
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path to a value inside a JSON document."""
+    found = [prefix]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _paths(value, (*prefix, i))
+    return found
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data(), JSON)
+def test_a_mutated_snapshot_restores_cleanly_or_is_refused(data: st.DataObject, junk: Any) -> None:
+    d = Driver()
+    _busy(d)
+    body = json.loads(d.table.snapshot())
+    path = data.draw(st.sampled_from(_paths(body)[1:]))
+    node = body
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = junk
+    try:
+        restored = LockTable.restore(json.dumps(body))
+    except LockSnapshotError:
+        return
+    restored.check_invariants()

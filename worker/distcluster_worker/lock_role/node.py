@@ -14,10 +14,12 @@ import json
 import random
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge
+from pydantic import BaseModel
 
 from distcluster_worker.lock_role.driver import RaftDriver
 from distcluster_worker.lock_role.models import (
@@ -203,73 +205,54 @@ class LockNode(BaseNode):
         ttl_ms = body.ttl_ms if body.ttl_ms is not None else s.lock_default_ttl_ms
         _check_limit("ttl_ms", ttl_ms, s.lock_max_ttl_ms)
         _check_limit("wait_ms", body.wait_ms, s.lock_max_wait_ms)
-        command = {
-            "op": "acquire",
-            "request_id": body.request_id or uuid.uuid4().hex,
-            "resource": body.resource,
-            "owner": body.owner,
-            "mode": body.mode,
-            "ttl_ms": ttl_ms,
-            "wait_ms": body.wait_ms,
-        }
-        return await self._serve(request, command, wait_ms=body.wait_ms)
+        command = _command("acquire", body, ttl_ms=ttl_ms)
+        return await self._execute(request, command, wait_ms=body.wait_ms)
 
     async def _release(self, request: web.Request) -> web.Response:
         body = await parse_json(request, ReleaseRequest)
-        command = {
-            "op": "release",
-            "request_id": body.request_id or uuid.uuid4().hex,
-            "resource": body.resource,
-            "owner": body.owner,
-            "token": body.token,
-        }
-        return await self._serve(request, command)
+        return await self._execute(request, _command("release", body))
 
     async def _renew(self, request: web.Request) -> web.Response:
         body = await parse_json(request, RenewRequest)
         ttl_ms = body.ttl_ms if body.ttl_ms is not None else self.settings.lock_default_ttl_ms
         _check_limit("ttl_ms", ttl_ms, self.settings.lock_max_ttl_ms)
-        command = {
-            "op": "renew",
-            "request_id": body.request_id or uuid.uuid4().hex,
-            "resource": body.resource,
-            "owner": body.owner,
-            "token": body.token,
-            "ttl_ms": ttl_ms,
-        }
-        return await self._serve(request, command)
+        return await self._execute(request, _command("renew", body, ttl_ms=ttl_ms))
 
-    async def _serve(
+    async def _execute(
         self, request: web.Request, command: dict[str, Any], *, wait_ms: int = 0
     ) -> web.Response:
-        """Run `command` on the leader: here if this node leads, else forward it."""
-        deadline = self._deadline(wait_ms)
-        while True:
-            if self._is_leader():
-                try:
-                    outcome = await self.service.execute(command, wait_ms=wait_ms)
-                except NotLeader:
-                    continue
-                except QuorumUnavailableError as exc:
-                    return _unavailable(str(exc))
-                status, body = outcome_answer(outcome)
-                return web.json_response(body, status=status)
-            leader = await self._wait_for_leader(deadline)
-            if leader is None:
-                return _unavailable("no leader is known; the cluster may have lost its quorum")
-            if leader != self.settings.node_id:
-                forward = {k: v for k, v in command.items() if k != "op"}
-                return await self._forward(request, "post", forward, deadline)
+        async def on_leader() -> web.Response:
+            outcome = await self.service.execute(command, wait_ms=wait_ms)
+            status, body = outcome_answer(outcome)
+            return web.json_response(body, status=status)
+
+        forward = {k: v for k, v in command.items() if k != "op"}
+        return await self._lead_or_forward(request, on_leader, forward, wait_ms=wait_ms)
 
     async def _view(self, request: web.Request) -> web.Response:
         resource = request.match_info["resource"]
         if NAME_RE.fullmatch(resource) is None:
             raise ApiError(400, "bad_request", f"invalid resource name {json.dumps(resource)}")
-        deadline = self._deadline(0)
+
+        async def on_leader() -> web.Response:
+            return web.json_response(await self.service.read(resource))
+
+        return await self._lead_or_forward(request, on_leader, None)
+
+    async def _lead_or_forward(
+        self,
+        request: web.Request,
+        on_leader: Callable[[], Awaitable[web.Response]],
+        forward_body: dict[str, Any] | None,
+        *,
+        wait_ms: int = 0,
+    ) -> web.Response:
+        """Serve on this node while it leads; otherwise forward to the leader it knows."""
+        deadline = self._deadline(wait_ms)
         while True:
             if self._is_leader():
                 try:
-                    return web.json_response(await self.service.read(resource))
+                    return await on_leader()
                 except NotLeader:
                     continue
                 except QuorumUnavailableError as exc:
@@ -278,7 +261,7 @@ class LockNode(BaseNode):
             if leader is None:
                 return _unavailable("no leader is known; the cluster may have lost its quorum")
             if leader != self.settings.node_id:
-                return await self._forward(request, "get", None, deadline)
+                return await self._forward(request, forward_body, deadline)
 
     async def _status(self, request: web.Request) -> web.Response:
         if self.driver is None:
@@ -321,7 +304,7 @@ class LockNode(BaseNode):
         return None
 
     async def _forward(
-        self, request: web.Request, method: str, body: Any, deadline: float
+        self, request: web.Request, body: dict[str, Any] | None, deadline: float
     ) -> web.Response:
         hops = int(request.query.get("hops", "0")) if request.query.get("hops", "").isdigit() else 0
         leader = self.driver.node.leader_id if self.driver else None
@@ -331,7 +314,7 @@ class LockNode(BaseNode):
         path = f"{request.path}?hops={hops + 1}"
         url = self.settings.peer_urls[leader]
         try:
-            if method == "get":
+            if body is None:
                 status, reply = await self.rpc.get_json(url, path, timeout_ms=timeout_ms, retries=0)
             else:
                 status, reply = await self.rpc.post_json(
@@ -362,6 +345,13 @@ class LockNode(BaseNode):
 def _check_limit(field: str, value: int, limit: int) -> None:
     if value > limit:
         raise ApiError(400, "bad_request", f"{field} must be at most {limit}, got {value}")
+
+
+def _command(op: str, body: BaseModel, **overrides: Any) -> dict[str, Any]:
+    """The table command for a validated request; the request id is fixed here, once."""
+    fields = body.model_dump(exclude_none=True)
+    fields["request_id"] = fields.get("request_id") or uuid.uuid4().hex
+    return {"op": op, **fields, **overrides}
 
 
 def _unavailable(message: str) -> web.Response:

@@ -148,6 +148,8 @@ _FIELD_TYPES: dict[str, type] = {
 
 def outcome_from_dict(data: Mapping[str, Any]) -> Outcome:
     """Rebuild an outcome from `to_dict()` output; raises ValueError on anything else."""
+    if not isinstance(data, Mapping):
+        raise ValueError("an outcome must be a JSON object")
     kind = data.get("type")
     cls = _KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:

@@ -58,6 +58,9 @@ from distcluster_worker.locks.outcomes import (
 from distcluster_worker.locks.state import Hold, Resource, TableState, Waiter, conflicts
 from distcluster_worker.locks.waitgraph import find_cycle
 
+# The deadline heap is never rebuilt below this size: small heaps are cheap anyway.
+_MIN_COMPACT = 1024
+
 
 class LockTable:
     """Locks with leases, fencing tokens, FIFO queues and deadlock refusal."""
@@ -69,6 +72,7 @@ class LockTable:
             raise ValueError("dedup_capacity must be >= 0")
         self._s = TableState(dedup_capacity=dedup_capacity)
         self._deadlines = DeadlineHeap()
+        self._compact_at = _MIN_COMPACT
 
     # ----------------------------------------------------------------- public API
 
@@ -210,11 +214,14 @@ class LockTable:
         return entries
 
     def _compact_deadlines(self) -> None:
-        """Rebuild the heap when stale entries (from renewals, releases) dominate it."""
-        live = self._s.resources.values()
-        count = sum(len(r.holders) + len(r.queue) for r in live) if len(self._deadlines) else 0
-        if len(self._deadlines) > 2 * count + 1024:
+        """Rebuild the heap once stale entries (from renewals, releases) could dominate it.
+
+        The next rebuild waits until the heap has doubled again, so the cost of rebuilding
+        is spread over at least as many pushes: O(1) amortized per command.
+        """
+        if len(self._deadlines) > self._compact_at:
             self._deadlines.replace_all(self._live_deadlines())
+            self._compact_at = 2 * len(self._deadlines) + _MIN_COMPACT
 
     # ---------------------------------------------------------------- the commands
 
