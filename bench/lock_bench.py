@@ -6,8 +6,11 @@ cluster on free ports, then prints one JSON document on stdout (progress goes to
 
 A *cycle* is acquire then release. Each case runs N concurrent clients for `--duration`
 seconds, either on N distinct resources or all on one resource (with a large `wait_ms`, so
-waiters queue and the lock is handed over). Requests are spread round-robin over the three
-nodes, as a load balancer would, so two thirds of them are forwarded to the leader.
+waiters queue and the lock is handed over). The client sends to the leader it finds on
+`/raft/status`, as etcd's clients follow the leader; one extra case (`*-spread`) sends
+round-robin over the three nodes, as a load balancer would, so two thirds of the requests
+are forwarded by a follower: the price of "any node accepts any request". The client
+process runs on uvloop, for the cluster and the baseline alike.
 
 The baseline is the usual single-Redis lock with redis.asyncio: `SET key token NX PX ttl`,
 retried every 1 ms while taken, released by a compare-and-delete Lua script. It has no
@@ -36,6 +39,7 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
+import uvloop
 
 from distcluster_worker.runner.cluster import LocalCluster, port_is_free
 from distcluster_worker.runner.redis_server import RedisServer
@@ -121,7 +125,7 @@ def case_resources(prefix: str, pattern: str, clients: int) -> list[str]:
 
 
 class ClusterClient:
-    """acquire+release cycles against the cluster, round-robin over its nodes."""
+    """acquire+release cycles against the cluster, round-robin over `urls`."""
 
     def __init__(self, session: aiohttp.ClientSession, urls: list[str]) -> None:
         self.session = session
@@ -281,17 +285,20 @@ async def run_cases(
     reports: list[dict[str, Any]] = []
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            await wait_leader(session, cluster.urls)
-            ours = ClusterClient(session, list(cluster.urls.values()))
             base = RedisLockClient(redis_client)
-            for pattern in PATTERNS:
-                for clients in counts:
-                    name = f"{pattern}-{clients}"
-                    log(f"case {name}: cluster, then baseline ({duration_s} s each)")
-                    resources = case_resources(f"bench-{name}", pattern, clients)
-                    mine = await run_case(ours.cycle, clients, resources, duration_s)
-                    theirs = await run_case(base.cycle, clients, resources, duration_s)
-                    reports.append(case_report(name, clients, pattern, mine, theirs))
+            cases = [(p, c, "leader") for p in PATTERNS for c in counts]
+            cases.append(("distinct", max(counts), "spread"))
+            for pattern, clients, route in cases:
+                name = f"{pattern}-{clients}" + ("-spread" if route == "spread" else "")
+                log(f"case {name}: cluster, then baseline ({duration_s} s each)")
+                leader = await wait_leader(session, cluster.urls)
+                urls = [cluster.urls[leader]] if route == "leader" else list(cluster.urls.values())
+                ours = ClusterClient(session, urls)
+                resources = case_resources(f"bench-{name}", pattern, clients)
+                mine = await run_case(ours.cycle, clients, resources, duration_s)
+                theirs = await run_case(base.cycle, clients, resources, duration_s)
+                report = case_report(name, clients, pattern, mine, theirs)
+                reports.append({**report, "route": route})
     finally:
         await redis_client.aclose()
     return reports
@@ -336,7 +343,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "redis_persistence": PERSISTENCE,
             "nodes": NODES,
             "duration_s_per_case": duration_s,
-            "client_process": "one asyncio process, aiohttp keep-alive, round-robin over nodes",
+            "client_process": "one uvloop process, aiohttp keep-alive, leader-directed",
             "cases": cases,
             "failover": failover,
             "wall_s": round(time.monotonic() - started, 1),
@@ -360,7 +367,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lock-bench-") as tmp:
-        report = asyncio.run(bench(args, Path(tmp)))
+        report = uvloop.run(bench(args, Path(tmp)))
     json.dump(report, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

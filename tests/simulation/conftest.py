@@ -10,6 +10,15 @@ Environment knobs (all optional):
 
 The sweeps print what they exercised (crashes, torn Readys, partitions, snapshots) in the
 terminal summary, so a quiet run that tested nothing is visible.
+
+Outside pytest, `python tests/simulation/simharness.py SEED [--minimise]` replays one seed
+and prints the node states, recent faults and the last events before a violation;
+`--minimise` first turns off every fault class the failure does not need.
+
+The helpers: `simnet` (the packet simulator), `simcluster` (nodes driven like the real
+shell, over in-memory stable storage), `simcheck` (Raft and lock checkers), `simworkload`
+(lock clients), `simharness` (fault profiles, one run per seed, liveness, sweeps),
+`simscenario` (verbs for hand-written scenarios) and `simsettings` (these knobs).
 """
 
 from __future__ import annotations

@@ -47,8 +47,16 @@ class LogView(Protocol):
 
 @dataclass
 class _Committed:
-    term: int  # the entry's own term
-    seen_in_term: int  # the observer's term when first seen committed (>= commit term)
+    """A committed index: the entry's term, and the term of whoever first reported it.
+
+    Leader completeness binds only leaders of terms above the one the entry was committed
+    in. The reporter's term is at least that term, so checking only leaders above it never
+    raises a false alarm: a delayed vote may still crown a leader of an older term after
+    the commit, and that leader may rightly lack the entry.
+    """
+
+    term: int
+    seen_in_term: int
 
 
 @dataclass
@@ -149,6 +157,20 @@ class RaftChecker:
                 "log matching",
                 f"{node_id} has (index {entry.index}, term {entry.term}) = {value[:2]} "
                 f"{value[2][:60]!r} but another log had {known[:2]} {known[2][:60]!r}",
+            )
+
+    def on_truncate(self, node_id: str, index: int, old_term: int, new_term: int | None) -> None:
+        """A stored entry is cut (`new_term` None) or replaced: never a committed one.
+
+        Any log may hold a stale entry where the cluster committed another one (a cut-off
+        leader appends its own proposals); what Raft forbids is dropping the committed one.
+        """
+        committed = self.committed.get(index)
+        if committed is not None and committed.term == old_term and new_term != old_term:
+            raise violation(
+                "committed entry overwritten",
+                f"{node_id} replaced committed (index {index}, term {old_term}) "
+                f"with term {new_term}",
             )
 
     def on_vote_sent(self, msg: VoteResponse, stored: HardState) -> None:

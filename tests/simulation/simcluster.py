@@ -34,6 +34,7 @@ from distcluster_worker.raft.messages import (
     Message,
     Ready,
     Snapshot,
+    SnapshotResponse,
     VoteResponse,
 )
 from distcluster_worker.raft.node import RaftConfig, RaftNode, Restored
@@ -46,7 +47,7 @@ TRACE_EVENTS = 200
 
 # Every outcome of a finished request stays in the table's dedup map up to this many, and
 # the snapshot carries them all: small keeps snapshots cheap and exercises eviction.
-DEDUP_CAPACITY = 16
+DEDUP_CAPACITY = 4
 
 
 def new_table() -> LockTable:
@@ -127,7 +128,7 @@ class SimNode:
     applied: int = 0
     incarnation: int = 0
     crash_at: str | None = None
-    last_expire_tick: int = -1000
+    expire_index: int = 0
 
     @property
     def alive(self) -> bool:
@@ -146,6 +147,8 @@ class ClusterConfig:
     heartbeat_ticks: int = 1
     max_entries_per_append: int = 8
     max_inflight_appends: int = 4
+    pre_vote: bool = True
+    check_quorum: bool = True
     snapshot_entries: int = 20
     clock_skew_ms: int = 0
     net: NetConfig = field(default_factory=NetConfig)
@@ -172,7 +175,6 @@ class Cluster:
         self.counts: Counter[str] = Counter()
         self.delivered_kinds: dict[str, int] = {}
         self.reads: dict[tuple[str, int], int] = {}
-        self.read_results: list[tuple[str, int, int]] = []
         self._read_ctx = 0
 
     def boot(self) -> Cluster:
@@ -191,6 +193,8 @@ class Cluster:
             heartbeat_ticks=c.heartbeat_ticks,
             max_entries_per_append=c.max_entries_per_append,
             max_inflight_appends=c.max_inflight_appends,
+            pre_vote=c.pre_vote,
+            check_quorum=c.check_quorum,
         )
 
     def start(self, node_id: str) -> None:
@@ -203,6 +207,7 @@ class Cluster:
         node.table = LockTable.restore(snap.data) if snap else new_table()
         node.applied = snap.last_index if snap else 0
         node.crash_at = None
+        node.expire_index = 0
         self.record("start", node_id)
         raft = node.core()
         self.raft_checker.on_restart(node_id, raft.term, raft.commit_index)
@@ -230,9 +235,12 @@ class Cluster:
         self.now += 1
         for msg in self.net.due(self.now):
             self.deliver(msg)
-        for node in self.live_nodes():
-            node.core().tick()
-            self.after_input(node)
+        nodes = self.live_nodes()
+        self.rng.shuffle(nodes)  # no node always ticks first
+        for node in nodes:
+            if node.alive:
+                node.core().tick()
+                self.after_input(node)
 
     def deliver(self, msg: Message) -> None:
         node = self.nodes[msg.dst]
@@ -318,6 +326,7 @@ class Cluster:
         if ready.snapshot is not None:
             kept = list(raft.entries_from(ready.snapshot.last_index + 1, raft.last_index + 1))
         if ready.entries:
+            self.check_truncation(node, ready.entries)
             prev = storage.term_at(ready.entries[0].index - 1)
             if ready.snapshot is not None:
                 prev = _term_before(ready.entries[0].index, ready.snapshot, kept)
@@ -325,6 +334,17 @@ class Cluster:
         storage.save(ready.hard_state, ready.entries, ready.snapshot, kept)
         if ready.hard_state is not None:
             self.raft_checker.on_hard_state(node.node_id, ready.hard_state)
+
+    def check_truncation(self, node: SimNode, entries: Sequence[Entry]) -> None:
+        first = entries[0].index
+        if first > node.storage.last_index:
+            return  # a plain append
+        new_terms = {e.index: e.term for e in entries}
+        for old in node.storage.entries:
+            if old.index >= first:
+                self.raft_checker.on_truncate(
+                    node.node_id, old.index, old.term, new_terms.get(old.index)
+                )
 
     def install_snapshot(self, node: SimNode, snap: Snapshot) -> None:
         self.record("install snapshot", (node.node_id, snap.last_index, snap.last_term))
@@ -342,12 +362,12 @@ class Cluster:
             raise violation("message addressing", f"{node.node_id} sent {msg}")
         if isinstance(msg, VoteResponse):
             self.raft_checker.on_vote_sent(msg, node.storage.hard_state)
-        elif isinstance(msg, AppendResponse) and msg.success:
+        elif isinstance(msg, SnapshotResponse) or (isinstance(msg, AppendResponse) and msg.success):
             self.check_ack_durable(node, msg)
         self.record("send", msg)
         self.net.send(msg, self.now)
 
-    def check_ack_durable(self, node: SimNode, msg: AppendResponse) -> None:
+    def check_ack_durable(self, node: SimNode, msg: AppendResponse | SnapshotResponse) -> None:
         if msg.match_index > node.storage.last_index:
             raise violation(
                 "ack durable before sent",
@@ -358,6 +378,12 @@ class Cluster:
         if entry.index != node.applied + 1:
             raise violation(
                 "apply in order", f"{node.node_id} applied {node.applied}, then {entry.index}"
+            )
+        stored = node.storage.term_at(entry.index)
+        if stored != entry.term and entry.index > node.storage.snapshot_index:
+            raise violation(
+                "applied entry is stored",
+                f"{node.node_id} applies term {entry.term} at {entry.index}, stored {stored}",
             )
         self.raft_checker.on_apply(node.node_id, entry)
         self.locks.catch_up(self.raft_checker.applied)
@@ -382,7 +408,7 @@ class Cluster:
             raise violation(
                 "linearizable read", f"{node_id} read ctx {ctx} at {index} < commit {floor}"
             )
-        self.read_results.append((node_id, ctx, index))
+        self.counts["read confirmed"] += 1
 
     def maybe_compact(self, node: SimNode, raft: RaftNode) -> None:
         applied = raft.applied_index
@@ -424,6 +450,11 @@ class Cluster:
             raise violation(
                 "hard state persisted",
                 f"{node.node_id} core term {raft.term} vote {raft.voted_for}, stored {hs}",
+            )
+        if hs.commit > stored_last:
+            raise violation(
+                "commit within the stored log",
+                f"{node.node_id} stored commit {hs.commit} beyond stored log {stored_last}",
             )
         if stored_last != raft.last_index or node.storage.term_at(stored_last) != raft.term_at(
             stored_last
@@ -477,8 +508,25 @@ class Cluster:
         self.counts[kind] += 1
 
     def format_trace(self, last: int = 40) -> str:
-        events = list(self.trace)[-last:]
-        return "\n".join(f"  step {s:4d} {kind:<16} {_short(d)}" for s, kind, d in events)
+        """Node status, the recent faults and proposals, then the last events of all kinds."""
+        events = list(self.trace)
+        control = [e for e in events if e[1] not in ("send", "recv")][-15:]
+        lines = ["nodes:"] + [f"  {self.describe(n)}" for n in self.nodes.values()]
+        lines.append(f"network cuts: {self.net.describe_cuts()}")
+        lines.append("recent faults, proposals and snapshots:")
+        lines += [_event_line(e) for e in control]
+        lines.append(f"last {last} events:")
+        lines += [_event_line(e) for e in events[-last:]]
+        return "\n".join(lines)
+
+    def describe(self, node: SimNode) -> str:
+        if node.raft is None:
+            return f"{node.node_id} down (stored term {node.storage.hard_state.term})"
+        r = node.raft
+        return (
+            f"{node.node_id} {r.state} term {r.term} commit {r.commit_index} applied "
+            f"{node.applied} log {r.first_index}..{r.last_index}"
+        )
 
     def run(self, steps: int) -> None:
         for _ in range(steps):
@@ -496,6 +544,11 @@ def _term_before(first: int, snap: Snapshot, kept: Sequence[Entry]) -> int | Non
         if entry.index == first - 1:
             return entry.term
     return None
+
+
+def _event_line(event: TraceEvent) -> str:
+    step, kind, detail = event
+    return f"  step {step:4d} {kind:<16} {_short(detail)}"
 
 
 def _short(detail: object) -> str:

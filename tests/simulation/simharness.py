@@ -67,6 +67,8 @@ LOCK_WORKLOAD = WorkloadConfig(resources=2, owners=5, rate=0.5, read_rate=0.0)
 
 @dataclass(frozen=True)
 class SimSpec:
+    """Everything one run depends on; `from_seed` derives it all from the seed."""
+
     seed: int
     size: int
     profile: FaultProfile
@@ -75,6 +77,10 @@ class SimSpec:
     max_entries_per_append: int
     clock_skew_ms: int
     heartbeat_ticks: int
+    election_timeout_ticks: int = 10
+    max_inflight_appends: int = 4
+    pre_vote: bool = True
+    check_quorum: bool = True
     workload: WorkloadConfig = RAFT_WORKLOAD
     liveness_steps: int = 300
 
@@ -92,6 +98,10 @@ class SimSpec:
             max_entries_per_append=rng.choice((2, 8, 64)),
             clock_skew_ms=rng.choice((0, 0, 50)),
             heartbeat_ticks=rng.choice((1, 2, 3)),
+            election_timeout_ticks=rng.choice((8, 10, 14)),
+            max_inflight_appends=rng.choice((1, 4)),
+            pre_vote=rng.random() < 0.8,
+            check_quorum=rng.random() < 0.8,
             workload=LOCK_WORKLOAD if seed >= LOCK_SEED_BASE else RAFT_WORKLOAD,
         )
 
@@ -104,6 +114,10 @@ class SimSpec:
             snapshot_entries=self.snapshot_entries,
             clock_skew_ms=self.clock_skew_ms,
             heartbeat_ticks=self.heartbeat_ticks,
+            election_timeout_ticks=self.election_timeout_ticks,
+            max_inflight_appends=self.max_inflight_appends,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
             net=net,
         )
 
@@ -138,6 +152,8 @@ class RunStats:
 
 
 class FaultInjector:
+    """Before each step: maybe partition, heal, crash (cleanly or mid-Ready), restart."""
+
     def __init__(self, rng: random.Random, profile: FaultProfile) -> None:
         self.rng = rng
         self.profile = profile
@@ -219,7 +235,7 @@ def run_spec(spec: SimSpec) -> RunStats:
         raise _failure(spec, cluster, exc.invariant, exc.detail) from exc
     except Exception as exc:  # noqa: BLE001 - any exception from a core is a finding
         name = type(exc).__name__
-        raise _failure(spec, cluster, f"core raised {name}", str(exc)) from exc
+        raise _failure(spec, cluster, f"raised {name}", str(exc)) from exc
     return _collect(stats, cluster)
 
 
@@ -325,7 +341,7 @@ FAULT_KNOBS = ("partition_rate", "crash_rate", "torn_rate", "loss", "duplication
 
 def minimise(spec: SimSpec) -> tuple[SimSpec, SimFailureError | None]:
     """Turn fault classes off one at a time while the run still fails the same way."""
-    failure = _failure_of(spec)
+    failure = failure_of(spec)
     if failure is None:
         return spec, None
     for knob in FAULT_KNOBS:
@@ -333,17 +349,18 @@ def minimise(spec: SimSpec) -> tuple[SimSpec, SimFailureError | None]:
             continue
         off: dict[str, Any] = {knob: 0}
         candidate = replace(spec, profile=replace(spec.profile, **off))
-        again = _failure_of(candidate)
+        again = failure_of(candidate)
         if again is not None and again.invariant == failure.invariant:
             spec, failure = candidate, again
     shorter = replace(spec, steps=min(spec.steps, failure.step))
-    again = _failure_of(shorter)
+    again = failure_of(shorter)
     if again is not None and again.invariant == failure.invariant:
         spec, failure = shorter, again
     return spec, failure
 
 
-def _failure_of(spec: SimSpec) -> SimFailureError | None:
+def failure_of(spec: SimSpec) -> SimFailureError | None:
+    """Run a spec; the failure it ends in, or None if it passes."""
     try:
         run_spec(spec)
     except SimFailureError as failure:
@@ -407,3 +424,29 @@ def run_many(seeds: Sequence[int], workers: int = 1) -> Sweep:
         for outcome in pool.map(_run_for_sweep, seeds, chunksize=8):
             sweep.add(outcome)
     return sweep
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str]) -> int:
+    """`python tests/simulation/simharness.py SEED [--minimise]`: replay and print the trace."""
+    seed = int(argv[0])
+    spec = SimSpec.from_seed(seed)
+    if "--minimise" in argv:
+        spec, failure = minimise(spec)
+    else:
+        failure = failure_of(spec)
+    print(spec)
+    if failure is None:
+        print(f"seed {seed} passed")
+        return 0
+    print(failure)
+    print(failure.trace)
+    return 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

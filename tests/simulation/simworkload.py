@@ -5,7 +5,8 @@ leader (sometimes a stale one, whose entries must never commit); the node stamps
 `now_ms` from its own clock. Clients learn grants and queued requests from the
 committed history, as a real client learns them from the HTTP reply, and reuse those
 tokens, now and then deliberately stale. Every leader proposes `expire` once its table's
-next lease deadline has passed, as the lock service does.
+next lease deadline has passed, as the lock service does, and not again until that
+entry is applied (an unapplied expire may already settle the deadline).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from simcluster import Cluster
 
 from distcluster_worker.raft.node import NotLeader
 
-EXPIRE_EVERY_TICKS = 3
+MAX_UNCOMMITTED = 32
 TTLS_MS = (30, 100, 300, 2000)
 WAITS_MS = (0, 0, 50, 200, 1000)
 
@@ -88,17 +89,22 @@ class LockClients:
         target = self.pick_target(cluster)
         if target is None:
             return
+        raft = cluster.nodes[target].core()
+        if raft.last_index - raft.commit_index >= MAX_UNCOMMITTED:
+            return  # clients wait for replies: the backlog a node can build is bounded
         now_ms = cluster.now_ms(target)
         count = self.rng.randint(1, self.config.max_batch)
         commands = [self.command(now_ms) for _ in range(count)]
         self.propose(cluster, target, commands)
 
-    def propose(self, cluster: Cluster, target: str, commands: list[dict[str, Any]]) -> None:
+    def propose(self, cluster: Cluster, target: str, commands: list[dict[str, Any]]) -> list[int]:
         try:
-            cluster.propose(target, commands)
-            self.proposed += len(commands)
+            indexes = cluster.propose(target, commands)
         except NotLeader:
             self.refused_not_leader += 1
+            return []
+        self.proposed += len(commands)
+        return indexes
 
     def propose_expiries(self, cluster: Cluster) -> None:
         for node_id in cluster.leaders():
@@ -107,10 +113,10 @@ class LockClients:
             now_ms = cluster.now_ms(node_id)
             if deadline is None or deadline > now_ms:
                 continue
-            if cluster.now - node.last_expire_tick < EXPIRE_EVERY_TICKS:
-                continue
-            node.last_expire_tick = cluster.now
-            self.propose(cluster, node_id, [{"op": "expire", "now_ms": now_ms}])
+            if node.applied < node.expire_index:
+                continue  # the last expire is not applied yet: it may settle this deadline
+            indexes = self.propose(cluster, node_id, [{"op": "expire", "now_ms": now_ms}])
+            node.expire_index = max(indexes, default=0)
 
     def read(self, cluster: Cluster) -> None:
         leader = cluster.leader()

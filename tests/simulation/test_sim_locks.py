@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from simcheck import HolderModel, LockReference, SimInvariantError
 from simcluster import new_table
-from simharness import LOCK_SEED_BASE, run_many
+from simharness import LOCK_SEED_BASE, SimFailureError, run_many, run_seed
 from simscenario import (
     acquire,
     calm_cluster,
@@ -215,3 +215,14 @@ def test_reference_catches_a_diverged_replica() -> None:
     reference = LockReference(new_table, LockTable.restore)
     with pytest.raises(SimInvariantError, match="replica diverged"):
         reference.expect_table("n1", 0, LockTable().snapshot() + " ")
+
+
+def test_simulator_catches_a_table_that_ignores_holders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Break the table in memory, with its own invariant checks off: the model must notice."""
+    if not hasattr(LockTable, "_grantable_now"):
+        pytest.skip("LockTable._grantable_now is gone: update this mutant")
+    monkeypatch.setattr(LockTable, "_grantable_now", staticmethod(lambda res, owner, mode: True))
+    monkeypatch.setattr(LockTable, "check_invariants", lambda self: None)
+    with pytest.raises(SimFailureError) as failure:
+        run_seed(LOCK_SEED_BASE)
+    assert failure.value.invariant == "lock exclusion"

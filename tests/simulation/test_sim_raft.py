@@ -9,11 +9,13 @@ replays it and prints the last events before the violation.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pytest
 from simcheck import RaftChecker, SimInvariantError
-from simharness import SimFailureError, SimSpec, run_many, run_seed, run_spec
+from simharness import SimFailureError, SimSpec, failure_of, run_many, run_seed, run_spec
 from simscenario import (
+    ELECTION_STEPS,
     acquire,
     calm_cluster,
     commit,
@@ -26,7 +28,9 @@ from simscenario import (
 )
 from simsettings import sim_seed, sim_seed_base, sim_seeds, sim_workers, sweep_timeout_s
 
+from distcluster_worker.raft.log import RaftLog
 from distcluster_worker.raft.messages import Entry, HardState, VoteResponse
+from distcluster_worker.raft.node import RaftNode
 
 SEEDS = sim_seeds()
 ELECTION_TICKS = 10
@@ -49,14 +53,17 @@ def test_replay_seed() -> None:
     seed = sim_seed()
     if seed is None:
         pytest.skip("set SIM_SEED=<seed> to replay one simulation run")
+    failure: SimFailureError | None = None
     try:
         stats = run_seed(seed)
-    except SimFailureError as failure:
-        pytest.fail(f"{failure}\nlast events:\n{failure.trace}", pytrace=False)
+    except SimFailureError as exc:
+        failure = exc
+    if failure is not None:
+        pytest.fail(f"{failure}\n{failure.trace}", pytrace=False)
     print(f"seed {seed} passed: {stats}")
 
 
-def test_a_seed_replays_identically() -> None:
+def test_same_seed_same_history() -> None:
     spec = SimSpec.from_seed(12_345)
     assert run_spec(spec) == run_spec(spec)
 
@@ -164,6 +171,78 @@ def test_whole_cluster_restart_keeps_every_committed_entry() -> None:
     cluster.check_tables()
 
 
+def test_figure_8_an_old_entry_is_not_committed_by_counting_replicas() -> None:
+    """The Raft paper's Figure 8, staged with partitions and crashes on five nodes.
+
+    An entry of an old term that reaches a majority must not count as committed until an
+    entry of the leader's own term does; otherwise a later leader may overwrite it.
+    """
+    committed_early = figure_8(seed=0)
+    assert not committed_early
+
+
+def figure_8(seed: int) -> bool:
+    """Stage Figure 8; returns whether the old-term entry was committed by counting."""
+    c = calm_cluster(
+        size=5,
+        seed=seed,
+        pre_vote=False,
+        check_quorum=False,
+        max_entries_per_append=1,
+        max_inflight_appends=1,
+    )
+    s1 = wait_for_leader(c)
+    commit(c, acquire("a", "o1"))
+    c.run(3)
+    f = next(n for n in c.ids if n != s1)
+    rest = [n for n in c.ids if n not in (s1, f)]
+
+    # (a) s1 replicates an entry at index k to f only, then crashes.
+    c.net.split({s1, f})
+    k = c.nodes[s1].core().last_index + 1
+    propose_on(c, s1, acquire("b", "o2"))
+    run_until(c, lambda: c.nodes[f].storage.last_index >= k, 5, "f stored index k")
+    c.crash(s1)
+
+    # (b) The other three elect x, which is cut off at once: its entry at k stays local.
+    run_until(c, lambda: c.leader() in rest, ELECTION_STEPS, "a leader among the rest")
+    x = c.leader()
+    assert x is not None and c.nodes[x].core().last_index == k
+    y, z = (n for n in rest if n != x)
+    c.net.isolate(x)
+    c.crash(x)
+    c.run(2)  # x's appends still in flight hit the cut
+
+    # (c) s1 returns; s1 or f leads (w) and copies the old entry to y, not yet its own.
+    c.heal()
+    c.net.cut(s1, z)
+    c.net.cut(f, z)
+    c.start(s1)
+    run_until(c, lambda: c.leader() in (s1, f), 2 * ELECTION_STEPS, "s1 or f leads")
+    w = c.leader()
+    assert w is not None
+    run_until(c, lambda: c.nodes[y].storage.last_index >= k, 20, "y stored index k")
+    assert c.nodes[y].storage.last_index == k, "y got the new leader's own entry too soon"
+    c.step()  # w hears y's acknowledgement: the old entry is on a majority (s1, f, y)
+    committed_early = c.nodes[w].core().commit_index >= k
+
+    # (d) w and its twin crash; x returns and, with y and z, replaces the entry at k.
+    c.net.isolate(w)
+    c.crash(s1)
+    c.crash(f)
+    c.run(2)
+    c.heal()
+    c.start(x)
+    run_until(c, lambda: c.leader() == x, 2 * ELECTION_STEPS, "x leads again")
+    run_until(
+        c,
+        lambda: c.nodes[y].storage.term_at(k) == c.nodes[x].core().term_at(k),
+        20,
+        "y took x's entry at k",
+    )
+    return committed_early
+
+
 # -- the checkers can fail ------------------------------------------------------------------
 
 
@@ -208,6 +287,14 @@ def test_checker_rejects_a_leader_missing_a_committed_entry() -> None:
         checker.on_role("n2", "leader", 2, FakeLog({1: 1}))
 
 
+def test_checker_rejects_a_committed_entry_cut_from_a_log() -> None:
+    checker = RaftChecker()
+    checker.on_commit("n1", 2, 1, FakeLog({1: 1, 2: 1}), lambda: [])
+    checker.on_truncate("n2", 2, old_term=2, new_term=1)  # a stale entry: fine to replace
+    with pytest.raises(SimInvariantError, match="committed entry overwritten"):
+        checker.on_truncate("n3", 2, old_term=1, new_term=3)
+
+
 def test_checker_rejects_a_second_vote_in_one_term() -> None:
     checker = RaftChecker()
     checker.on_hard_state("n1", HardState(term=4, voted_for="n2"))
@@ -228,3 +315,36 @@ def test_checker_rejects_a_commit_index_going_back() -> None:
     checker.on_commit("n1", 3, 1, log, lambda: [])
     with pytest.raises(SimInvariantError, match="commit monotonic"):
         checker.on_commit("n1", 2, 1, log, lambda: [])
+
+
+# -- the simulator catches a broken core -----------------------------------------------------
+# Each test breaks the Raft core in memory (monkeypatch; the core's files are untouched)
+# and expects the simulator to notice. They lean on private names of the core, so when
+# those move the test skips and asks for the mutant to be updated.
+
+
+def break_core(monkeypatch: pytest.MonkeyPatch, owner: type, name: str, broken: Any) -> None:
+    if not hasattr(owner, name):
+        pytest.skip(f"{owner.__name__}.{name} is gone: update this mutant")
+    monkeypatch.setattr(owner, name, broken)
+
+
+def test_simulator_catches_a_leader_that_commits_old_entries_by_counting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def commit_any_majority(self: Any) -> None:
+        index = self._leader().quorum_match(self._log.stable_index, self._quorum)
+        if index > self._log.commit:
+            self._log.commit_to(index)
+
+    break_core(monkeypatch, RaftNode, "_maybe_commit", commit_any_majority)
+    with pytest.raises(SimInvariantError, match="leader completeness|committed entry"):
+        figure_8(seed=0)
+
+
+def test_simulator_catches_votes_that_ignore_the_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    break_core(monkeypatch, RaftLog, "is_up_to_date", lambda self, term, index: True)
+    failures = (failure_of(SimSpec.from_seed(seed)) for seed in range(40))
+    failure = next((f for f in failures if f is not None), None)
+    assert failure is not None, "forty seeds should expose a leader elected with a stale log"
+    assert "\n" not in str(failure) and "replay with: SIM_SEED=" in str(failure)

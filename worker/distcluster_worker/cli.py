@@ -19,8 +19,9 @@ import asyncio
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from types import FrameType
+from typing import Any
 
 from distcluster_worker import __version__
 from distcluster_worker.roles import ALL_ROLES, RoleNotAvailable, node_class
@@ -71,7 +72,7 @@ def run_node() -> int:
     configure_logging(settings.node_id, settings.log_level)
     log = get_logger("distcluster.cli")
     try:
-        asyncio.run(cls(settings).serve_forever())
+        _run_event_loop(cls(settings).serve_forever())
     except KeyboardInterrupt:
         return 0
     except OSError as exc:
@@ -81,6 +82,17 @@ def run_node() -> int:
         log.exception("the node failed")
         return 1
     return 0
+
+
+def _run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run the node on uvloop where it is installed (a dependency on every platform that
+    has it: it serves more requests per CPU second), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 def _check_up(args: argparse.Namespace) -> str | None:

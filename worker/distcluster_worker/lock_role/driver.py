@@ -9,8 +9,8 @@ the HTTP response to that very request, and it is never sent before it is durabl
 
 Proposals wait in a queue while the lock is busy persisting the previous batch, so
 under load many client commands share one AppendEntries and one Redis write.
-Each peer has one sender task that posts whatever accumulated for it in one request
-(its replies are stepped back in); the queue is bounded because Raft retransmits
+Each peer has sender tasks (two requests in flight, so replication is pipelined) that
+post whatever accumulated for the peer in one request (its replies are stepped back in); the queue is bounded because Raft retransmits
 anything lost, so a dead peer costs memory for only a few messages.
 """
 
@@ -27,9 +27,12 @@ from typing import Protocol
 from distcluster_worker.lock_role.storage import RaftStorage
 from distcluster_worker.raft.messages import (
     RESPONSE_TYPES,
+    AppendRequest,
     Entry,
+    HardState,
     Message,
     Ready,
+    SnapshotRequest,
     VoteRequest,
 )
 from distcluster_worker.raft.node import NotLeader, RaftNode
@@ -41,6 +44,9 @@ VOTE_PATH = "/raft-vote"
 APPEND_PATH = "/raft-append"
 PEER_QUEUE_LIMIT = 256
 MAILBOX_LIMIT = 256
+PEER_INFLIGHT_REQUESTS = 2
+"""Requests in flight to one peer: the core pipelines appends, the transport keeps up."""
+REPLICATION_TYPES = (AppendRequest, SnapshotRequest)
 
 
 class StateMachine(Protocol):
@@ -84,6 +90,8 @@ class RaftDriver:
         self._senders: dict[str, _PeerSender] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.storage_healthy = True
+        self._durable_hard_state: HardState | None = None
+        self._lagging_hard_state: HardState | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -95,7 +103,8 @@ class RaftDriver:
             asyncio.create_task(self._tick_loop(), name="raft-tick"),
             asyncio.create_task(self._proposal_loop(), name="raft-proposals"),
         ]
-        self._tasks += [s.start() for s in self._senders.values()]
+        for sender in self._senders.values():
+            self._tasks += sender.start()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -187,11 +196,20 @@ class RaftDriver:
         """Handle every pending Ready; the caller holds the lock."""
         while self.node.has_ready():
             ready = self.node.ready()
+            # A leader may replicate while it writes its own log (Raft thesis 10.2.1):
+            # it counts itself towards a commit only once `advance` marks the entries
+            # stable. Every other message (votes, replies) waits for the write.
+            early = self.node.state == "leader"
+            if early:
+                for msg in ready.messages:
+                    if isinstance(msg, REPLICATION_TYPES):
+                        self._dispatch(msg)
             await self._persist(ready)
             if ready.snapshot is not None:
                 self._machine.restore(ready.snapshot.data)
             for msg in ready.messages:
-                self._dispatch(msg)
+                if not (early and isinstance(msg, REPLICATION_TYPES)):
+                    self._dispatch(msg)
             for entry in ready.committed_entries:
                 self._machine.apply(entry)
             for state in ready.read_states:
@@ -203,15 +221,41 @@ class RaftDriver:
             await self._maybe_compact()
 
     async def _persist(self, ready: Ready) -> None:
+        hard_state = self._hard_state_to_write(ready)
+        if hard_state is None and not ready.entries and ready.snapshot is None:
+            return
         kept: list[Entry] = []
         if ready.snapshot is not None:
             kept = self.node.entries_from(ready.snapshot.last_index + 1, self.node.last_index + 1)
         try:
-            await self._storage.save(ready.hard_state, ready.entries, ready.snapshot, kept)
+            await self._storage.save(hard_state, ready.entries, ready.snapshot, kept)
         except Exception:
             self.storage_healthy = False
             raise
         self.storage_healthy = True
+        if hard_state is not None:
+            self._durable_hard_state, self._lagging_hard_state = hard_state, None
+
+    def _hard_state_to_write(self, ready: Ready) -> HardState | None:
+        """The hard state this write must carry, or None when it can wait.
+
+        Term and vote must be durable before any message leaves. The commit index need
+        not be (a restarted node learns it again from the leader, and the core takes
+        the snapshot index as a floor), so a Ready that only moves the commit index
+        costs no Redis round trip: its hard state rides along with the next write.
+        """
+        latest = ready.hard_state or self._lagging_hard_state
+        if latest is None:
+            return None
+        durable = self._durable_hard_state
+        only_commit = durable is not None and (latest.term, latest.voted_for) == (
+            durable.term,
+            durable.voted_for,
+        )
+        if only_commit and not ready.entries and ready.snapshot is None:
+            self._lagging_hard_state = latest
+            return None
+        return latest
 
     def _dispatch(self, msg: Message) -> None:
         if isinstance(msg, RESPONSE_TYPES):
@@ -247,8 +291,11 @@ class _PeerSender:
         self._wakeup = asyncio.Event()
         self.failures = 0
 
-    def start(self) -> asyncio.Task[None]:
-        return asyncio.create_task(self._run(), name=f"raft-send-{self.peer}")
+    def start(self) -> list[asyncio.Task[None]]:
+        return [
+            asyncio.create_task(self._run(), name=f"raft-send-{self.peer}-{lane}")
+            for lane in range(PEER_INFLIGHT_REQUESTS)
+        ]
 
     def enqueue(self, msg: Message) -> None:
         self._queue.append(msg)
@@ -260,6 +307,8 @@ class _PeerSender:
             self._wakeup.clear()
             batch = list(self._queue)
             self._queue.clear()
+            if not batch:
+                continue
             votes: list[Message] = [m for m in batch if isinstance(m, VoteRequest)]
             others: list[Message] = [m for m in batch if not isinstance(m, VoteRequest)]
             for path, msgs in ((VOTE_PATH, votes), (APPEND_PATH, others)):

@@ -39,8 +39,10 @@ from distcluster_worker.lock_role.storage import RedisRaftStorage
 from distcluster_worker.locks.outcomes import Outcome
 from distcluster_worker.raft.messages import Message, WireError, message_from_wire, message_to_wire
 from distcluster_worker.raft.node import NotLeader, RaftConfig, RaftNode
+from distcluster_worker.shell import jsonio
 from distcluster_worker.shell.config import Settings
 from distcluster_worker.shell.errors import ApiError, error_response, parse_json
+from distcluster_worker.shell.jsonio import json_response
 from distcluster_worker.shell.node import BaseNode
 from distcluster_worker.shell.openapi import Operation
 from distcluster_worker.shell.rpc import RpcError
@@ -224,7 +226,7 @@ class LockNode(BaseNode):
         async def on_leader() -> web.Response:
             outcome = await self.service.execute(command, wait_ms=wait_ms)
             status, body = outcome_answer(outcome)
-            return web.json_response(body, status=status)
+            return json_response(body, status=status)
 
         forward = {k: v for k, v in command.items() if k != "op"}
         return await self._lead_or_forward(request, on_leader, forward, wait_ms=wait_ms)
@@ -235,7 +237,7 @@ class LockNode(BaseNode):
             raise ApiError(400, "bad_request", f"invalid resource name {json.dumps(resource)}")
 
         async def on_leader() -> web.Response:
-            return web.json_response(await self.service.read(resource))
+            return json_response(await self.service.read(resource))
 
         return await self._lead_or_forward(request, on_leader, None)
 
@@ -266,11 +268,11 @@ class LockNode(BaseNode):
     async def _status(self, request: web.Request) -> web.Response:
         if self.driver is None:
             return error_response(503, "not_ready", "Raft state is still loading")
-        return web.json_response(self._raft_status())
+        return json_response(self._raft_status())
 
     async def _raft_rpc(self, request: web.Request) -> web.Response:
         try:
-            raw = await request.json()
+            raw = await request.json(loads=jsonio.loads)
             messages = [message_from_wire(m) for m in raw["messages"]]
         except (ValueError, KeyError, TypeError, WireError) as exc:
             return error_response(400, "bad_request", f"bad Raft message: {exc}")
@@ -281,7 +283,7 @@ class LockNode(BaseNode):
         if self.driver is None:
             return error_response(503, "not_ready", "Raft state is still loading")
         replies = await self.driver.receive(messages)
-        return web.json_response({"messages": [message_to_wire(m) for m in replies]})
+        return json_response({"messages": [message_to_wire(m) for m in replies]})
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -322,7 +324,7 @@ class LockNode(BaseNode):
                 )
         except RpcError as exc:
             return _unavailable(f"leader {leader} unreachable: {exc}")
-        return web.json_response(reply, status=status)
+        return json_response(reply, status=status)
 
     def _raft_status(self) -> dict[str, Any]:
         if self.driver is None:

@@ -53,9 +53,9 @@ def _refusal(outcome: Refused) -> tuple[int, dict[str, Any]]:
 
 
 def _fields(outcome: Granted | Released | Renewed) -> dict[str, Any]:
-    data = outcome.to_dict()
-    data.pop("type", None)
-    return data
+    # Flat dataclasses: read the slots directly (dataclasses.asdict deep-copies, and
+    # this runs for every answer).
+    return {name: getattr(outcome, name) for name in outcome.__slots__}
 
 
 def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:

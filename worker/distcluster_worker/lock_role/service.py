@@ -24,6 +24,7 @@ from distcluster_worker.lock_role.driver import RaftDriver
 from distcluster_worker.locks.outcomes import Granted, Outcome, Queued
 from distcluster_worker.locks.table import LockTable
 from distcluster_worker.raft.messages import Entry
+from distcluster_worker.shell import jsonio
 
 
 class QuorumUnavailableError(Exception):
@@ -59,7 +60,7 @@ class LockService:
         if entry.kind != "command":
             return
         try:
-            command = json.loads(entry.data)
+            command = jsonio.loads(entry.data)
         except ValueError:
             command = {}
         for outcome in self.table.apply(entry.index, command):
@@ -86,7 +87,7 @@ class LockService:
         queued = False
         try:
             async with asyncio.timeout(wait_ms / 1000 + self._timeout_s):
-                await driver.propose(json.dumps(command, separators=(",", ":")))
+                await driver.propose(jsonio.dumps(command))
                 while True:
                     outcome = await queue.get()
                     if not isinstance(outcome, Queued):

@@ -31,6 +31,7 @@ from distcluster_worker.raft.messages import (
     snapshot_to_wire,
 )
 from distcluster_worker.raft.node import Restored
+from distcluster_worker.shell import jsonio
 
 
 class RaftStorage(Protocol):
@@ -97,7 +98,7 @@ class LogPlan:
 
 
 def _dump_entry(entry: Entry) -> str:
-    return json.dumps(entry_to_wire(entry), separators=(",", ":"))
+    return jsonio.dumps(entry_to_wire(entry))
 
 
 def _dump_hard_state(hs: HardState) -> str:
@@ -130,7 +131,7 @@ class RedisRaftStorage:
         pipe.lrange(keys["log"], 0, -1)
         hs_raw, snap_raw, start_raw, log_raw = await pipe.execute()
         snapshot = snapshot_from_wire(json.loads(snap_raw)) if snap_raw else None
-        entries = [entry_from_wire(json.loads(item)) for item in log_raw]
+        entries = [entry_from_wire(jsonio.loads(item)) for item in log_raw]
         default_start = snapshot.last_index + 1 if snapshot else 1
         self._plan = LogPlan(int(start_raw) if start_raw else default_start, len(entries))
         return Restored(hard_state=_load_hard_state(hs_raw), snapshot=snapshot, entries=entries)

@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
 
+from distcluster_worker.shell import jsonio
 from distcluster_worker.shell.logs import get_logger
 
 M = TypeVar("M", bound=BaseModel)
@@ -135,10 +136,6 @@ async def read_body(request: web.Request) -> bytes:
     return body
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 async def parse_json(request: web.Request, model: type[M]) -> M:
     """Read, decode and validate a JSON object body as ``model``.
 
@@ -147,8 +144,9 @@ async def parse_json(request: web.Request, model: type[M]) -> M:
     """
     body = await read_body(request)
     try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        # orjson refuses NaN/Infinity, invalid UTF-8 and nesting past 1024 levels.
+        value = jsonio.loads(body)
+    except (ValueError, RecursionError):
         raise ApiError(400, "bad_json", "the request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise ApiError(400, "bad_json", "the request body must be a JSON object")

@@ -15,11 +15,12 @@ control). When every attempt fails, ``RpcError`` says which peer, path and cause
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+
+from distcluster_worker.shell import jsonio
 
 _BACKOFF_BASE_S = 0.02
 _BACKOFF_MAX_S = 0.2
@@ -72,7 +73,7 @@ class RpcClient:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self.pool_size, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(
-                connector=connector, json_serialize=json.dumps, raise_for_status=False
+                connector=connector, json_serialize=jsonio.dumps, raise_for_status=False
             )
 
     async def close(self) -> None:
@@ -150,6 +151,6 @@ def _decode(raw: bytes) -> Any:
     if not raw:
         return None
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+        return jsonio.loads(raw)
+    except ValueError:
         return None
