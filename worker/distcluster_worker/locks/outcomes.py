@@ -10,7 +10,7 @@ the same answer), which is why each has a JSON form (`to_dict`) and a way back
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeAlias
 
 Mode = Literal["exclusive", "shared"]
@@ -23,8 +23,15 @@ REFUSAL_CODES: tuple[RefusalCode, ...] = ("locked", "timeout", "deadlock", "not_
 
 
 def _as_dict(outcome: Any, kind: str) -> dict[str, Any]:
-    """The JSON form: the fields plus `type`; tuples become lists."""
-    data = {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(outcome).items()}
+    """The JSON form: the fields plus `type`; tuples become lists.
+
+    Fields are read from the slots directly: `dataclasses.asdict` deep-copies, and a
+    snapshot encodes every outcome of the dedup map.
+    """
+    data: dict[str, Any] = {}
+    for key in outcome.__slots__:
+        value = getattr(outcome, key)
+        data[key] = list(value) if isinstance(value, tuple) else value
     data["type"] = kind
     return data
 

@@ -9,9 +9,10 @@ corrupt snapshot is refused at restore time rather than misbehaving later.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from distcluster_worker.locks.errors import LockSnapshotError
 from distcluster_worker.locks.outcomes import MODES, Mode, outcome_from_dict
@@ -31,7 +32,7 @@ def encode(state: TableState) -> str:
         "resources": resources,
         "dedup": [[rid, outcome.to_dict()] for rid, outcome in state.dedup.items()],
     }
-    return json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _encode_resource(res: Resource) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def _encode_resource(res: Resource) -> dict[str, Any]:
 def decode(data: str) -> TableState:
     """Parse snapshot text into a state with rebuilt indexes; LockSnapshotError if bad."""
     try:
-        body = json.loads(data)
+        body = orjson.loads(data)
         state = _decode_body(body)
     except (ValueError, TypeError, KeyError, IndexError) as err:
         if isinstance(err, LockSnapshotError):
