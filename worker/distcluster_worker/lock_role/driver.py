@@ -10,8 +10,9 @@ the HTTP response to that very request, and it is never sent before it is durabl
 Proposals wait in a queue while the lock is busy persisting the previous batch, so
 under load many client commands share one AppendEntries and one Redis write.
 Each peer has sender tasks (two requests in flight, so replication is pipelined) that
-post whatever accumulated for the peer in one request (its replies are stepped back in); the queue is bounded because Raft retransmits
-anything lost, so a dead peer costs memory for only a few messages.
+post whatever accumulated for the peer in one request (its replies are stepped back
+in); the queue is bounded because Raft retransmits anything lost, so a dead peer costs
+memory for only a few messages.
 """
 
 from __future__ import annotations
