@@ -410,10 +410,28 @@ class LockTable:
 
     def _deadlock_cycle(self, res: Resource, owner: str, mode: Mode) -> tuple[str, ...] | None:
         """The cycle `owner` would close by queuing on `res` at the tail, if any."""
+        if not self._has_dependents(owner):
+            return None
         targets = {holder for holder in res.holders if holder != owner}
         targets.update(w.owner for w in res.queue if conflicts(mode, w.mode))
         targets.discard(owner)
         return find_cycle(owner, sorted(targets), self._waits_for)
+
+    def _has_dependents(self, owner: str) -> bool:
+        """Whether anybody waits for `owner`; if nobody does, no cycle can pass through it.
+
+        The common case (a client that holds nothing and waits nowhere else) then costs
+        no graph search, which would be quadratic in the length of a busy queue.
+        """
+        for name in self._s.waiting_on.get(owner, ()):
+            queue = self._s.resources[name].queue
+            ahead = [w for w in queue if w.owner == owner]
+            if ahead and queue.index(ahead[0]) < len(queue) - 1:
+                return True
+        return any(
+            owner in res.holders and any(w.owner != owner for w in res.queue)
+            for res in self._s.resources.values()
+        )
 
     def _waits_for(self, owner: str) -> list[str]:
         """The owners `owner` waits for, over every resource it queues on, sorted."""
