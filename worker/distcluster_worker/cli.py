@@ -43,6 +43,16 @@ _EXAMPLES: dict[str, list[str]] = {
         "curl -s {url}/lock/orders",
         "curl -s {url}/raft/status",
     ],
+    "queue": [
+        "curl -s -X POST {url}/queue/publish -H 'content-type: application/json' "
+        '-d \'{{"topic": "orders", "message": {{"id": 1}}}}\'',
+        "curl -s -X POST {url}/queue/consume -H 'content-type: application/json' "
+        '-d \'{{"topic": "orders", "group": "billing", "consumer": "worker-1", "max": 10}}\'',
+        "curl -s -X POST {url}/queue/ack -H 'content-type: application/json' "
+        '-d \'{{"topic": "orders", "group": "billing", "ids": ["ID"]}}\'',
+        "curl -s {url}/queue/orders/stats",
+        "curl -s '{url}/ring?topic=orders'",
+    ],
 }
 
 

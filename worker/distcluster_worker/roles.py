@@ -14,10 +14,10 @@ from distcluster_worker.shell.node import BaseNode
 
 ROLES: dict[str, str] = {
     "lock_manager": "distcluster_worker.lock_role.node:LockNode",
+    "queue": "distcluster_worker.queue_role.node:QueueNode",
 }
 
 NOT_BUILT: dict[str, str] = {
-    "queue": "the queue role is not built yet (see issue 3)",
     "cache": "the cache role is not built yet (see issue 4)",
 }
 

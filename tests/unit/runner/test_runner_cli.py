@@ -55,8 +55,8 @@ def test_up_refuses_unbuilt_role_before_starting(
         raise AssertionError("a cluster was created")
 
     monkeypatch.setattr(cli, "LocalCluster", no_cluster)
-    assert cli.main(["up", "--role", "queue"]) == 2
-    assert "the queue role is not built yet (see issue 3)" in capsys.readouterr().err
+    assert cli.main(["up", "--role", "cache"]) == 2
+    assert "the cache role is not built yet (see issue 4)" in capsys.readouterr().err
 
 
 def test_up_names_the_taken_port(

@@ -9,7 +9,7 @@ from distcluster_worker.roles import RoleNotAvailable, node_class
 from distcluster_worker.shell.node import BaseNode
 
 
-@pytest.mark.parametrize(("role", "issue"), [("queue", "issue 3"), ("cache", "issue 4")])
+@pytest.mark.parametrize(("role", "issue"), [("cache", "issue 4")])
 def test_unbuilt_roles_are_refused_with_a_reason(role: str, issue: str) -> None:
     with pytest.raises(RoleNotAvailable, match=f"the {role} role is not built yet.*{issue}"):
         node_class(role)

@@ -1,0 +1,1 @@
+"""The `queue` role: topics on a consistent-hashing ring over Redis Streams."""
