@@ -97,10 +97,14 @@ def test_node_process_with_bad_configuration_exits_2(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_node_process_refuses_unbuilt_role(tmp_path: Path) -> None:
     env = {**os.environ, "NODE_TYPE": "cache"}
+    env["PORT"] = str(free_port())
     proc = NodeProcess("node1", env, log_path=tmp_path / "node1.log")
     proc.start()
-    with pytest.raises(RuntimeError, match="exited with code 2"):
-        proc.wait_healthy(f"http://127.0.0.1:{free_port()}", timeout_s=15)
+    try:
+        with pytest.raises(RuntimeError, match="exited with code 2"):
+            proc.wait_healthy(f"http://127.0.0.1:{env['PORT']}", timeout_s=15)
+    finally:
+        proc.stop()
     assert "the cache role is not built yet" in (tmp_path / "node1.log").read_text()
 
 
