@@ -282,11 +282,7 @@ class QueueNode(BaseNode):
         return json_response({"messages": messages, "owner": owner})
 
     async def _ack(self, request: web.Request) -> web.Response:
-        body = await parse_json(request, m.AckRequest)
-        _check_max("ids", len(body.ids), self.q.max_batch)
-        owner = self.view.owner(body.topic)
-        payload = body.model_dump()
-        forwarded = await self._forward(request, owner, payload, self.settings.rpc_timeout_ms)
+        body, owner, forwarded = await self._ids_request(request)
         if forwarded is not None:
             return forwarded
         acked, not_found = await _redis(self.store.ack(body.topic, body.group, body.ids))
@@ -295,15 +291,22 @@ class QueueNode(BaseNode):
         return json_response({"acked": acked, "not_found": not_found, "owner": owner})
 
     async def _nack(self, request: web.Request) -> web.Response:
+        body, owner, forwarded = await self._ids_request(request)
+        if forwarded is not None:
+            return forwarded
+        nacked, not_found = await _redis(self.store.nack(body.topic, body.group, body.ids))
+        return json_response({"nacked": nacked, "not_found": not_found, "owner": owner})
+
+    async def _ids_request(
+        self, request: web.Request
+    ) -> tuple[m.AckRequest, str, web.Response | None]:
+        """Parse an ack/nack body; the owner's answer when it had to be forwarded."""
         body = await parse_json(request, m.AckRequest)
         _check_max("ids", len(body.ids), self.q.max_batch)
         owner = self.view.owner(body.topic)
         payload = body.model_dump()
         forwarded = await self._forward(request, owner, payload, self.settings.rpc_timeout_ms)
-        if forwarded is not None:
-            return forwarded
-        nacked, not_found = await _redis(self.store.nack(body.topic, body.group, body.ids))
-        return json_response({"nacked": nacked, "not_found": not_found, "owner": owner})
+        return body, owner, forwarded
 
     async def _stats(self, request: web.Request) -> web.Response:
         topic = _path_topic(request.match_info["topic"])
