@@ -53,6 +53,14 @@ _EXAMPLES: dict[str, list[str]] = {
         "curl -s {url}/queue/orders/stats",
         "curl -s '{url}/ring?topic=orders'",
     ],
+    "cache": [
+        "curl -s -X PUT {url}/cache/user:42 -H 'content-type: application/json' "
+        '-d \'{{"value": "Ada"}}\'',
+        "curl -s {url}/cache/user:42",
+        "curl -s -X DELETE {url}/cache/user:42",
+        "curl -s {url}/cache/stats",
+        "curl -s {url}/cache/lines",
+    ],
 }
 
 
@@ -79,10 +87,15 @@ def run_node() -> int:
         cls = node_class(settings.node_type)
     except RoleNotAvailable as exc:
         return _fail(str(exc))
+    try:
+        node = cls(settings)  # a role reads and validates its own settings here
+    except ConfigError as exc:
+        lines = "\n".join(f"  {problem}" for problem in exc.problems)
+        return _fail(f"invalid configuration:\n{lines}")
     configure_logging(settings.node_id, settings.log_level)
     log = get_logger("distcluster.cli")
     try:
-        _run_event_loop(cls(settings).serve_forever())
+        _run_event_loop(node.serve_forever())
     except KeyboardInterrupt:
         return 0
     except OSError as exc:

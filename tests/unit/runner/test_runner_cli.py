@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from distcluster_worker import cli
+from distcluster_worker import cli, roles
 from distcluster_worker.roles import RoleNotAvailable, node_class
 from distcluster_worker.runner.cluster import free_port, port_is_free
 
@@ -44,6 +44,7 @@ def test_node_refuses_unbuilt_role(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("NODE_TYPE", "cache")
+    monkeypatch.setitem(roles.NOT_BUILT, "cache", "the cache role is not built yet (see issue 4)")
     assert cli.main(["node"]) == 2
     assert "the cache role is not built yet" in capsys.readouterr().err
 
@@ -55,6 +56,7 @@ def test_up_refuses_unbuilt_role_before_starting(
         raise AssertionError("a cluster was created")
 
     monkeypatch.setattr(cli, "LocalCluster", no_cluster)
+    monkeypatch.setitem(roles.NOT_BUILT, "cache", "the cache role is not built yet (see issue 4)")
     assert cli.main(["up", "--role", "cache"]) == 2
     assert "the cache role is not built yet (see issue 4)" in capsys.readouterr().err
 

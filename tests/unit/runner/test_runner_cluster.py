@@ -95,8 +95,8 @@ def test_node_process_with_bad_configuration_exits_2(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_node_process_refuses_unbuilt_role(tmp_path: Path) -> None:
-    env = {**os.environ, "NODE_TYPE": "cache"}
+def test_node_process_refuses_bad_role_settings(tmp_path: Path) -> None:
+    env = {**os.environ, "NODE_TYPE": "cache", "CACHE_POLICY": "fifo"}
     env["PORT"] = str(free_port())
     proc = NodeProcess("node1", env, log_path=tmp_path / "node1.log")
     proc.start()
@@ -105,7 +105,8 @@ def test_node_process_refuses_unbuilt_role(tmp_path: Path) -> None:
             proc.wait_healthy(f"http://127.0.0.1:{env['PORT']}", timeout_s=15)
     finally:
         proc.stop()
-    assert "the cache role is not built yet" in (tmp_path / "node1.log").read_text()
+    log = (tmp_path / "node1.log").read_text()
+    assert "invalid configuration" in log and "CACHE_POLICY" in log
 
 
 def _get(url: str) -> dict[str, object]:

@@ -33,9 +33,9 @@ from redis.exceptions import RedisError
 
 from distcluster_worker.membership import Changes, MemberState
 from distcluster_worker.queue_role import models as m
-from distcluster_worker.queue_role.cluster_view import ClusterView
 from distcluster_worker.queue_role.settings import QueueSettings, load_queue_settings
 from distcluster_worker.queue_role.store import StreamStore
+from distcluster_worker.shell.cluster_view import ClusterView
 from distcluster_worker.shell.config import Settings
 from distcluster_worker.shell.errors import ApiError, parse_json
 from distcluster_worker.shell.jsonio import json_response

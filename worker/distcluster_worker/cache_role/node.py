@@ -1,0 +1,454 @@
+"""The `cache` node: node-local caches over Redis, kept coherent by MESI with home nodes.
+
+Every key has a home: ``ring.owner(key)`` over the live members (heartbeats feed a
+``Membership`` core, as in the queue role). The home runs the key's ``Directory``
+(`home.py`): it orders the key's transactions one at a time and knows the copies.
+
+Client endpoints: ``GET /cache/{key}`` -> ``{key, value, state}`` (404 ``not_found``);
+``PUT /cache/{key}`` ``{"value": "<string>"}`` -> ``{key, value, version, state}``, which
+answers only once every other copy acked its invalidation or its lease ran out, and the
+value is in Redis; ``DELETE /cache/{key}`` -> ``{key, deleted, version}``;
+``GET /cache/stats``; ``GET /cache/lines``.
+
+Node-to-node (all POST, JSON): ``/cache/home/read`` ``{key, node}`` and
+``/cache/home/write`` ``{key, node, value|null}`` (to the key's home; the answer carries
+``{found, value, version, state, grant}`` / ``{version, state, grant}``);
+``/cache/home/evicted`` ``{key, node, grant}`` (a copy was evicted);
+``/cache/bus_read`` ``{key, txn, downgrade, write_back}`` (home -> supplier; 200
+``{value, version}`` or 404); ``/cache/invalidate`` ``{key, txn}`` (home -> holder; 200
+``{acked: true}``); ``/cache/heartbeat`` ``{node_id, incarnation}``.
+
+A hit is served from memory only within the copy's lease; an expired copy is re-read
+through the home. Reads during a home's grace period (after it starts or the ring
+changes) are served without granting a copy (state ``I``). Redis down: misses and writes
+are 503, hits go on. A node keeps nothing across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter, Gauge, Histogram
+from redis.exceptions import RedisError
+
+from distcluster_worker.cache_role import models as m
+from distcluster_worker.cache_role.fences import Fences, grant_of
+from distcluster_worker.cache_role.home import Home
+from distcluster_worker.cache_role.local import Evicted, Held, LocalCache
+from distcluster_worker.cache_role.settings import CacheSettings, load_cache_settings
+from distcluster_worker.cache_role.store import CacheStore
+from distcluster_worker.coherence import MesiState
+from distcluster_worker.eviction import Line, LineStore
+from distcluster_worker.membership import Changes
+from distcluster_worker.shell.cluster_view import ClusterView
+from distcluster_worker.shell.config import Settings
+from distcluster_worker.shell.errors import ApiError, parse_json
+from distcluster_worker.shell.jsonio import json_response
+from distcluster_worker.shell.node import BaseNode
+from distcluster_worker.shell.openapi import Operation
+from distcluster_worker.shell.rpc import RpcError
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class CacheNode(BaseNode):
+    role = "cache"
+
+    def __init__(
+        self, settings: Settings, *, cache_settings: CacheSettings | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(settings, **kwargs)
+        self.c = cache_settings if cache_settings is not None else load_cache_settings()
+        self.view = ClusterView(
+            settings.node_id,
+            sorted(settings.peer_urls),
+            vnodes=self.c.vnodes,
+            suspect_after_ms=self.c.suspect_after_ms,
+            dead_after_ms=self.c.dead_after_ms,
+        )
+        store = LineStore(self.c.capacity, self.c.policy, max_bytes=self.c.max_bytes)
+        self.local = LocalCache(store, Fences(2 * self.c.lease_ms))
+        self._home: Home | None = None
+        self._store: CacheStore | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._incarnation = 0
+        self.counts: dict[str, int] = dict.fromkeys(
+            ("hits", "misses", "evictions", "invalidations_received", "bus_reads_served"), 0
+        )
+        self.counts["write_backs"] = 0
+        self._init_metrics()
+
+    def _init_metrics(self) -> None:
+        r = self.metrics.registry
+        self.m_hits = Counter("distcluster_cache_hits", "Reads served locally", registry=r)
+        self.m_misses = Counter("distcluster_cache_misses", "Reads sent to the home", registry=r)
+        self.m_evictions = Counter("distcluster_cache_evictions", "Lines evicted", registry=r)
+        self.m_inval = Counter(
+            "distcluster_cache_invalidations", "Invalidations", ["direction"], registry=r
+        )
+        self.m_bus = Counter("distcluster_cache_bus_reads", "Bus reads", ["direction"], registry=r)
+        self.m_wb = Counter("distcluster_cache_write_backs", "Write-backs of M lines", registry=r)
+        self.m_get_s = Histogram(
+            "distcluster_cache_get_seconds", "GET latency", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.m_put_s = Histogram(
+            "distcluster_cache_put_seconds",
+            "PUT and DELETE latency",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.m_lines = Gauge("distcluster_cache_lines", "Lines per state", ["state"], registry=r)
+
+    @property
+    def home(self) -> Home:
+        if self._home is None:
+            raise RuntimeError("the home exists only after start()")
+        return self._home
+
+    @property
+    def store(self) -> CacheStore:
+        if self._store is None:
+            raise RuntimeError("the store exists only after start()")
+        return self._store
+
+    def _mono_ms(self) -> int:
+        return int(asyncio.get_running_loop().time() * 1000)
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        self._store = CacheStore(self.redis, self.settings.redis_key("cache"))
+        self._incarnation = self.now_ms()
+        self._home = Home(
+            self.settings.node_id,
+            epoch=self._incarnation,
+            lease_ms=self.c.lease_ms,
+            txn_timeout_ms=self.c.txn_timeout_ms,
+            mono=self._mono_ms,
+            store=self._store,
+            send=self._send,
+        )
+        self._tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name="cache-heartbeats"),
+            asyncio.create_task(self._tick_loop(), name="cache-ticks"),
+        ]
+
+    async def on_stop(self) -> None:
+        tasks = [*self._tasks, *self._background]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def role_state(self) -> dict[str, Any]:
+        return {"membership": self.view.membership.snapshot(), "ring": self.view.ring.members}
+
+    # -- membership --------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval_s = self.c.heartbeat_ms / 1000
+        while True:
+            peers = self.settings.peer_urls.items()
+            await asyncio.gather(*(self._beat(p, u) for p, u in peers))
+            await asyncio.sleep(interval_s)
+
+    async def _beat(self, peer: str, url: str) -> None:
+        body = {"node_id": self.settings.node_id, "incarnation": self._incarnation}
+        try:
+            status, reply = await self.rpc.post_json(
+                url, "/cache/heartbeat", body, timeout_ms=self.c.heartbeat_ms, retries=0
+            )
+        except RpcError:
+            status, reply = 0, None
+        if status == 200 and isinstance(reply, dict) and reply.get("node_id") == peer:
+            inc = reply.get("incarnation")
+            known = inc if isinstance(inc, int) else None
+            self._changed(self.view.heard(peer, self._mono_ms(), known))
+        else:
+            self._changed(self.view.unreachable(peer, self._mono_ms()))
+
+    async def _tick_loop(self) -> None:
+        """Membership ticks, expired lines, fences and the per-state gauges."""
+        while True:
+            now = self._mono_ms()
+            self._changed(self.view.tick(now))
+            self.local.purge_expired(now)
+            for state, count in self.local.store.lines_per_state().items():
+                self.m_lines.labels(state.value).set(count)
+            await asyncio.sleep(min(self.c.heartbeat_ms, self.c.lease_ms // 4) / 1000)
+
+    def _changed(self, changes: Changes) -> None:
+        if changes:
+            self.log.info(
+                "membership changed",
+                extra={
+                    "joined": changes.joined,
+                    "left": changes.left,
+                    "live": self.view.ring.members,
+                },
+            )
+        if changes.ring_changed and self._home is not None:
+            self._home.ring_changed()
+
+    async def _heartbeat(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, m.Heartbeat)
+        if body.node_id not in self.settings.peer_urls:
+            raise ApiError(403, "forbidden", f"{body.node_id!r} is not a configured peer")
+        self._changed(self.view.heard(body.node_id, self._mono_ms(), body.incarnation))
+        return json_response({"node_id": self.settings.node_id, "incarnation": self._incarnation})
+
+    # -- routes ------------------------------------------------------------------------
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/cache/stats", self._stats),
+            web.get("/cache/lines", self._lines),
+            web.get("/cache/{key}", self._get),
+            web.put("/cache/{key}", self._put),
+            web.delete("/cache/{key}", self._delete),
+            web.post("/cache/home/read", self._home_read),
+            web.post("/cache/home/write", self._home_write),
+            web.post("/cache/home/evicted", self._home_evicted),
+            web.post("/cache/bus_read", self._bus_read),
+            web.post("/cache/invalidate", self._invalidate),
+            web.post("/cache/heartbeat", self._heartbeat),
+        ]
+
+    def operations(self) -> list[Operation]:
+        errors = {400: "bad input", 404: "no such key", 413: "too large", 503: "unavailable"}
+        return [
+            Operation("get", "/cache/{key}", "Read a key", None, None, errors),
+            Operation("put", "/cache/{key}", "Write a key", m.PutBody, None, errors),
+            Operation("delete", "/cache/{key}", "Delete a key", None, None, errors),
+            Operation("get", "/cache/stats", "Cache statistics", None, None, {}),
+            Operation("get", "/cache/lines", "Local lines and states", None, None, {}),
+            Operation("post", "/cache/home/read", "Home: read txn", m.HomeRead, None, errors),
+            Operation("post", "/cache/home/write", "Home: write txn", m.HomeWrite, None, errors),
+            Operation("post", "/cache/home/evicted", "Home: copy gone", m.HomeEvicted, None, {}),
+            Operation("post", "/cache/bus_read", "Supply a line", m.BusRead, None, {}),
+            Operation("post", "/cache/invalidate", "Drop a line", m.Invalidate, None, {}),
+            Operation("post", "/cache/heartbeat", "Node-to-node heartbeat", m.Heartbeat, None, {}),
+        ]
+
+    # -- client endpoints ----------------------------------------------------------------
+
+    async def _get(self, request: web.Request) -> web.Response:
+        key = _path_key(request)
+        with self.m_get_s.time():
+            line = self.local.lookup(key, self._mono_ms())
+            if line is not None:
+                self.counts["hits"] += 1
+                self.m_hits.inc()
+                return json_response({"key": key, "value": line.value, "state": line.state.value})
+            self.counts["misses"] += 1
+            self.m_misses.inc()
+            sent = self._mono_ms()
+            home_id = self.view.owner(key)
+            reply = await self._home_call(home_id, "/cache/home/read", {"key": key})
+            if not reply.get("found"):
+                raise ApiError(404, "not_found", f"no value for key {key!r}")
+            value, version = str(reply["value"]), int(reply["version"])
+            state = MesiState(reply["state"])
+            stored = self._install(key, Line.of(value, state, version), reply, home_id, sent)
+            shown = stored.state if stored is not None else MesiState.I
+            return json_response({"key": key, "value": value, "state": shown.value})
+
+    async def _put(self, request: web.Request) -> web.Response:
+        key = _path_key(request)
+        body = await parse_json(request, m.PutBody)
+        size = len(body.value.encode("utf-8"))
+        if size > self.c.max_value_bytes:
+            raise ApiError(
+                413, "too_large", f"value is {size} bytes; at most {self.c.max_value_bytes}"
+            )
+        with self.m_put_s.time():
+            version, state = await self._write(key, body.value)
+        return json_response({"key": key, "value": body.value, "version": version, "state": state})
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        key = _path_key(request)
+        with self.m_put_s.time():
+            version, _ = await self._write(key, None)
+        return json_response({"key": key, "deleted": True, "version": version})
+
+    async def _write(self, key: str, value: str | None) -> tuple[int, str]:
+        """Write (or delete) through the home; returns (version, this node's state)."""
+        self.local.drop(key)  # never serve our old value while our own write runs
+        sent = self._mono_ms()
+        home_id = self.view.owner(key)
+        try:
+            reply = await self._home_call(
+                home_id, "/cache/home/write", {"key": key, "value": value}
+            )
+        except ApiError:
+            self.local.drop(key)
+            raise
+        version = int(reply["version"])
+        if value is None:
+            return version, MesiState.I.value
+        state = MesiState(reply["state"])
+        stored = self._install(key, Line.of(value, state, version), reply, home_id, sent)
+        return version, (stored.state if stored is not None else MesiState.I).value
+
+    def _install(
+        self, key: str, line: Line, reply: dict[str, Any], home_id: str, sent: int
+    ) -> Line | None:
+        held = Held(grant_of(reply["grant"]), sent + self.c.serve_ms, home_id)
+        stored, evicted = self.local.install(key, line, held, self._mono_ms())
+        for gone in evicted:
+            self.counts["evictions"] += 1
+            self.m_evictions.inc()
+            self._spawn(self._after_evict(gone))
+        return stored
+
+    async def _after_evict(self, gone: Evicted) -> None:
+        """Write back an M line (version-fenced), then tell the home the copy is gone."""
+        if gone.line.dirty:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await self.store.write_back(gone.key, gone.line.value, gone.line.version)
+                self.counts["write_backs"] += 1
+                self.m_wb.inc()
+        body = {"key": gone.key, "node": self.settings.node_id, "grant": list(gone.held.grant)}
+        await self._send(gone.held.home, "/cache/home/evicted", body)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        c = self.counts
+        total = c["hits"] + c["misses"]
+        h = self.home.counters
+        lines = self.local.store.lines_per_state()
+        return json_response(
+            {
+                **c,
+                "hit_ratio": round(c["hits"] / total, 4) if total else 0.0,
+                "invalidations_sent": h.invalidations_sent,
+                "bus_reads": h.bus_reads,
+                "home_reads": h.reads,
+                "home_writes": h.writes,
+                "lines": {s.value: n for s, n in lines.items()},
+                "line_count": len(self.local.store),
+                "bytes_used": self.local.store.bytes_used,
+                "capacity": self.c.capacity,
+                "max_bytes": self.c.max_bytes,
+                "policy": self.c.policy,
+                "lease_ms": self.c.lease_ms,
+            }
+        )
+
+    async def _lines(self, request: web.Request) -> web.Response:
+        lines = self.local.lines(self._mono_ms())
+        return json_response({"node_id": self.settings.node_id, "lines": lines})
+
+    # -- home endpoints and peer calls -------------------------------------------------------
+
+    async def _home_read(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, m.HomeRead)
+        return json_response(await self.home.read(body.key, body.node))
+
+    async def _home_write(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, m.HomeWrite)
+        if body.value is not None and len(body.value.encode("utf-8")) > self.c.max_value_bytes:
+            raise ApiError(413, "too_large", "value too large")
+        return json_response(await self.home.write(body.key, body.node, body.value))
+
+    async def _home_evicted(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, m.HomeEvicted)
+        self.home.evicted(body.key, body.node, grant_of(body.grant))
+        return json_response({"ok": True})
+
+    async def _bus_read(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, m.BusRead)
+        status, reply = await self._on_bus_read(body)
+        return json_response(reply, status=status)
+
+    async def _on_bus_read(self, body: m.BusRead) -> tuple[int, dict[str, Any]]:
+        line = self.local.supply(body.key, grant_of(body.txn), body.downgrade, self._mono_ms())
+        self.m_bus.labels("received").inc()
+        if line is None:
+            return 404, {"error": {"code": "not_found", "message": "no valid line"}}
+        self.counts["bus_reads_served"] += 1
+        if body.write_back and line.dirty:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await self.store.write_back(body.key, line.value, line.version)
+                self.counts["write_backs"] += 1
+                self.m_wb.inc()
+        return 200, {"value": line.value, "version": line.version}
+
+    async def _invalidate(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, m.Invalidate)
+        return json_response(self._on_invalidate(body))
+
+    def _on_invalidate(self, body: m.Invalidate) -> dict[str, Any]:
+        self.local.invalidate(body.key, grant_of(body.txn), self._mono_ms())
+        self.counts["invalidations_received"] += 1
+        self.m_inval.labels("received").inc()
+        return {"acked": True}
+
+    async def _send(self, node: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """Home -> peer message (delivered in-process when the peer is this node)."""
+        if path == "/cache/invalidate":
+            self.m_inval.labels("sent").inc()
+        elif path == "/cache/bus_read":
+            self.m_bus.labels("sent").inc()
+        if node == self.settings.node_id:
+            return await self._deliver_local(path, body)
+        url = self.settings.peer_urls.get(node)
+        if url is None:
+            return 0, None
+        try:
+            return await self.rpc.post_json(url, path, body, retries=0)
+        except RpcError:
+            self._changed(self.view.unreachable(node, self._mono_ms()))
+            return 0, None
+
+    async def _deliver_local(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        if path == "/cache/invalidate":
+            return 200, self._on_invalidate(m.Invalidate.model_validate(body))
+        if path == "/cache/bus_read":
+            return await self._on_bus_read(m.BusRead.model_validate(body))
+        if path == "/cache/home/evicted":
+            evicted = m.HomeEvicted.model_validate(body)
+            self.home.evicted(evicted.key, evicted.node, grant_of(evicted.grant))
+            return 200, {"ok": True}
+        raise ValueError(f"no local delivery for {path}")
+
+    async def _home_call(self, home_id: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Requester -> home; an error answer is re-raised as the same ApiError."""
+        me = self.settings.node_id
+        if home_id == me:
+            if path == "/cache/home/read":
+                return await self.home.read(body["key"], me)
+            return await self.home.write(body["key"], me, body["value"])
+        url = self.settings.peer_urls[home_id]
+        timeout_ms = self.c.txn_timeout_ms + 2 * self.c.lease_ms + self.settings.rpc_timeout_ms
+        try:
+            status, reply = await self.rpc.post_json(
+                url, path, {**body, "node": me}, timeout_ms=timeout_ms, retries=0
+            )
+        except RpcError:
+            self._changed(self.view.unreachable(home_id, self._mono_ms()))
+            raise ApiError(
+                503, "unavailable", f"home {home_id} of the key is unreachable"
+            ) from None
+        if status == 200 and isinstance(reply, dict):
+            return reply
+        error = reply.get("error", {}) if isinstance(reply, dict) else {}
+        code = str(error.get("code", "unavailable"))
+        raise ApiError(status or 503, code, str(error.get("message", f"home answered {status}")))
+
+
+def _path_key(request: web.Request) -> str:
+    key = request.match_info["key"]
+    if m.KEY_RE.fullmatch(key) is None:
+        raise ApiError(400, "bad_request", "key must match [A-Za-z0-9._:-]{1,200}")
+    return key

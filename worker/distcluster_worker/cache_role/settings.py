@@ -1,0 +1,72 @@
+"""Settings of the cache role, read from ``CACHE_*`` environment variables.
+
+Same conventions as the queue role: validated once when the node is built; a bad value
+raises the shell's ``ConfigError`` with one sentence per bad variable. Empty means unset.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from distcluster_worker.shell.config import ConfigError
+
+ENV_PREFIX = "CACHE_"
+
+
+class CacheSettings(BaseModel):
+    """Every ``CACHE_*`` setting with its default; see the role's docs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    capacity: int = Field(default=1000, ge=1)
+    max_bytes: int | None = Field(default=None, gt=0)
+    policy: Literal["lru", "lfu"] = "lru"
+    lease_ms: int = Field(default=2000, ge=100)
+    max_value_bytes: int = Field(default=16384, ge=1, le=1_000_000)
+    txn_timeout_ms: int = Field(default=5000, gt=0)
+    heartbeat_ms: int = Field(default=500, gt=0)
+    suspect_after_ms: int = Field(default=1500, gt=0)
+    dead_after_ms: int = Field(default=3000, gt=0)
+    vnodes: int = Field(default=1024, ge=1, le=65536)
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> CacheSettings:
+        if not self.heartbeat_ms < self.suspect_after_ms < self.dead_after_ms:
+            raise ValueError(
+                "CACHE_HEARTBEAT_MS < CACHE_SUSPECT_AFTER_MS < CACHE_DEAD_AFTER_MS must hold, got "
+                f"{self.heartbeat_ms}, {self.suspect_after_ms}, {self.dead_after_ms}"
+            )
+        return self
+
+    @property
+    def serve_ms(self) -> int:
+        """How long a node serves a copy, counted from when it sent the request that got it:
+        the home's lease minus a 10% margin for clock-rate drift between the two nodes."""
+        return self.lease_ms - max(1, self.lease_ms // 10)
+
+
+def load_cache_settings(env: Mapping[str, str] | None = None) -> CacheSettings:
+    """Read ``CACHE_*`` from ``env`` (default: the process environment)."""
+    source = os.environ if env is None else env
+    values: dict[str, str] = {}
+    for name in CacheSettings.model_fields:
+        raw = source.get(ENV_PREFIX + name.upper(), "")
+        if raw != "":
+            values[name] = raw
+    try:
+        return CacheSettings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = error.get("loc", ())
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if not loc:
+                problems.append(message)
+                continue
+            name = ENV_PREFIX + str(loc[0]).upper()
+            problems.append(f"{name}: {message.lower()}, got {error.get('input')!r}")
+        raise ConfigError("\n".join(problems), problems) from None
