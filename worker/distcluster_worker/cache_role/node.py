@@ -46,6 +46,7 @@ from distcluster_worker.membership import Changes
 from distcluster_worker.shell.cluster_view import ClusterView
 from distcluster_worker.shell.config import Settings
 from distcluster_worker.shell.errors import ApiError, parse_json
+from distcluster_worker.shell.heartbeats import Heartbeats, loop_ms
 from distcluster_worker.shell.jsonio import json_response
 from distcluster_worker.shell.node import BaseNode
 from distcluster_worker.shell.openapi import Operation
@@ -75,7 +76,7 @@ class CacheNode(BaseNode):
         self._store: CacheStore | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
-        self._incarnation = 0
+        self._beats: Heartbeats | None = None
         self.counts: dict[str, int] = dict.fromkeys(
             ("hits", "misses", "evictions", "invalidations_received", "bus_reads_served"), 0
         )
@@ -116,16 +117,26 @@ class CacheNode(BaseNode):
         return self._store
 
     def _mono_ms(self) -> int:
-        return int(asyncio.get_running_loop().time() * 1000)
+        return loop_ms()
 
     # -- life cycle ------------------------------------------------------------------
 
     async def on_start(self) -> None:
         self._store = CacheStore(self.redis, self.settings.redis_key("cache"))
-        self._incarnation = self.now_ms()
+        incarnation = self.now_ms()
+        self._beats = Heartbeats(
+            node_id=self.settings.node_id,
+            peer_urls=self.settings.peer_urls,
+            rpc=lambda: self.rpc,
+            view=self.view,
+            path="/cache/heartbeat",
+            interval_ms=self.c.heartbeat_ms,
+            incarnation=incarnation,
+            on_changes=self._changed,
+        )
         self._home = Home(
             self.settings.node_id,
-            epoch=self._incarnation,
+            epoch=incarnation,
             lease_ms=self.c.lease_ms,
             txn_timeout_ms=self.c.txn_timeout_ms,
             mono=self._mono_ms,
@@ -133,7 +144,7 @@ class CacheNode(BaseNode):
             send=self._send,
         )
         self._tasks = [
-            asyncio.create_task(self._heartbeat_loop(), name="cache-heartbeats"),
+            asyncio.create_task(self._beats.run(), name="cache-heartbeats"),
             asyncio.create_task(self._tick_loop(), name="cache-ticks"),
         ]
 
@@ -150,28 +161,6 @@ class CacheNode(BaseNode):
         return {"membership": self.view.membership.snapshot(), "ring": self.view.ring.members}
 
     # -- membership --------------------------------------------------------------------
-
-    async def _heartbeat_loop(self) -> None:
-        interval_s = self.c.heartbeat_ms / 1000
-        while True:
-            peers = self.settings.peer_urls.items()
-            await asyncio.gather(*(self._beat(p, u) for p, u in peers))
-            await asyncio.sleep(interval_s)
-
-    async def _beat(self, peer: str, url: str) -> None:
-        body = {"node_id": self.settings.node_id, "incarnation": self._incarnation}
-        try:
-            status, reply = await self.rpc.post_json(
-                url, "/cache/heartbeat", body, timeout_ms=self.c.heartbeat_ms, retries=0
-            )
-        except RpcError:
-            status, reply = 0, None
-        if status == 200 and isinstance(reply, dict) and reply.get("node_id") == peer:
-            inc = reply.get("incarnation")
-            known = inc if isinstance(inc, int) else None
-            self._changed(self.view.heard(peer, self._mono_ms(), known))
-        else:
-            self._changed(self.view.unreachable(peer, self._mono_ms()))
 
     async def _tick_loop(self) -> None:
         """Membership ticks, expired lines, fences and the per-state gauges."""
@@ -198,10 +187,9 @@ class CacheNode(BaseNode):
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
         body = await parse_json(request, m.Heartbeat)
-        if body.node_id not in self.settings.peer_urls:
-            raise ApiError(403, "forbidden", f"{body.node_id!r} is not a configured peer")
-        self._changed(self.view.heard(body.node_id, self._mono_ms(), body.incarnation))
-        return json_response({"node_id": self.settings.node_id, "incarnation": self._incarnation})
+        if self._beats is None:
+            raise ApiError(503, "not_ready", "the node is starting")
+        return json_response(self._beats.receive(body.node_id, body.incarnation))
 
     # -- routes ------------------------------------------------------------------------
 

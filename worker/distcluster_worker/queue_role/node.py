@@ -38,6 +38,7 @@ from distcluster_worker.queue_role.store import StreamStore
 from distcluster_worker.shell.cluster_view import ClusterView
 from distcluster_worker.shell.config import Settings
 from distcluster_worker.shell.errors import ApiError, parse_json
+from distcluster_worker.shell.heartbeats import Heartbeats, loop_ms
 from distcluster_worker.shell.jsonio import json_response
 from distcluster_worker.shell.node import BaseNode
 from distcluster_worker.shell.openapi import Operation
@@ -65,7 +66,7 @@ class QueueNode(BaseNode):
         self._store: StreamStore | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._redis_ok = False
-        self._incarnation = 0
+        self._beats: Heartbeats | None = None
         self._last_trim: dict[str, float] = {}
         self._init_metrics()
 
@@ -101,9 +102,18 @@ class QueueNode(BaseNode):
 
     async def on_start(self) -> None:
         self._store = StreamStore(self.redis, self.settings.redis_key("queue"), self.q)
-        self._incarnation = self.now_ms()
+        self._beats = Heartbeats(
+            node_id=self.settings.node_id,
+            peer_urls=self.settings.peer_urls,
+            rpc=lambda: self.rpc,
+            view=self.view,
+            path="/ring/heartbeat",
+            interval_ms=self.q.heartbeat_ms,
+            incarnation=self.now_ms(),
+            on_changes=self._log_changes,
+        )
         self._tasks = [
-            asyncio.create_task(self._heartbeat_loop(), name="queue-heartbeats"),
+            asyncio.create_task(self._beats.run(self._check_redis), name="queue-heartbeats"),
             asyncio.create_task(self._tick_loop(), name="queue-membership-ticks"),
         ]
 
@@ -126,31 +136,7 @@ class QueueNode(BaseNode):
     # -- membership ------------------------------------------------------------------
 
     def _mono_ms(self) -> int:
-        return int(asyncio.get_running_loop().time() * 1000)
-
-    async def _heartbeat_loop(self) -> None:
-        interval_s = self.q.heartbeat_ms / 1000
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            peers = self.settings.peer_urls.items()
-            await asyncio.gather(self._check_redis(), *(self._beat(p, u) for p, u in peers))
-            await asyncio.sleep(max(0.0, interval_s - (loop.time() - started)))
-
-    async def _beat(self, peer: str, url: str) -> None:
-        body = {"node_id": self.settings.node_id, "incarnation": self._incarnation}
-        try:
-            status, reply = await self.rpc.post_json(
-                url, "/ring/heartbeat", body, timeout_ms=self.q.heartbeat_ms, retries=0
-            )
-        except RpcError:
-            status, reply = 0, None
-        if status == 200 and isinstance(reply, dict) and reply.get("node_id") == peer:
-            incarnation = reply.get("incarnation")
-            known = incarnation if isinstance(incarnation, int) else None
-            self._log_changes(self.view.heard(peer, self._mono_ms(), known))
-        else:
-            self._log_changes(self.view.unreachable(peer, self._mono_ms()))
+        return loop_ms()
 
     async def _check_redis(self) -> None:
         try:
@@ -185,10 +171,12 @@ class QueueNode(BaseNode):
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
         body = await parse_json(request, m.Heartbeat)
-        if body.node_id not in self.settings.peer_urls:
-            raise ApiError(403, "forbidden", f"{body.node_id!r} is not a configured peer")
-        self._log_changes(self.view.heard(body.node_id, self._mono_ms(), body.incarnation))
-        return json_response({"node_id": self.settings.node_id, "incarnation": self._incarnation})
+        return json_response(self._heartbeats().receive(body.node_id, body.incarnation))
+
+    def _heartbeats(self) -> Heartbeats:
+        if self._beats is None:
+            raise ApiError(503, "not_ready", "the node is starting")
+        return self._beats
 
     # -- routes ----------------------------------------------------------------------
 

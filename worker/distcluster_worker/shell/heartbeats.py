@@ -1,0 +1,82 @@
+"""Heartbeats between nodes, fed into a `ClusterView` (the queue and cache roles use it).
+
+Every `interval_ms` a node posts `{node_id, incarnation}` to each peer at `path`; a peer
+that answers with its own id is heard, one that does not is reported unreachable. A
+heartbeat received is answered the same way. The incarnation is the node's start time
+(epoch ms), so a restarted peer is told apart from a late message of its past life.
+Times given to the detector come from the event loop's monotonic clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from distcluster_worker.membership import Changes
+from distcluster_worker.shell.cluster_view import ClusterView
+from distcluster_worker.shell.errors import ApiError
+from distcluster_worker.shell.rpc import RpcClient, RpcError
+
+
+def loop_ms() -> int:
+    """The event loop's monotonic clock in milliseconds."""
+    return int(asyncio.get_running_loop().time() * 1000)
+
+
+class Heartbeats:
+    """Sends, receives and accounts heartbeats for one node."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        peer_urls: Mapping[str, str],
+        rpc: Callable[[], RpcClient],
+        view: ClusterView,
+        path: str,
+        interval_ms: int,
+        incarnation: int,
+        on_changes: Callable[[Changes], None],
+    ) -> None:
+        self.node_id = node_id
+        self.incarnation = incarnation
+        self._peer_urls = peer_urls
+        self._rpc = rpc
+        self._view = view
+        self._path = path
+        self._interval_ms = interval_ms
+        self._on_changes = on_changes
+
+    async def run(self, each_round: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Beat every peer (and run `each_round`) once per interval, forever."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            beats = [self.beat(peer, url) for peer, url in self._peer_urls.items()]
+            extra = [each_round()] if each_round is not None else []
+            await asyncio.gather(*extra, *beats)
+            elapsed_s = loop.time() - started
+            await asyncio.sleep(max(0.0, self._interval_ms / 1000 - elapsed_s))
+
+    async def beat(self, peer: str, url: str) -> None:
+        body = {"node_id": self.node_id, "incarnation": self.incarnation}
+        try:
+            status, reply = await self._rpc().post_json(
+                url, self._path, body, timeout_ms=self._interval_ms, retries=0
+            )
+        except RpcError:
+            status, reply = 0, None
+        if status == 200 and isinstance(reply, dict) and reply.get("node_id") == peer:
+            incarnation = reply.get("incarnation")
+            known = incarnation if isinstance(incarnation, int) else None
+            self._on_changes(self._view.heard(peer, loop_ms(), known))
+        else:
+            self._on_changes(self._view.unreachable(peer, loop_ms()))
+
+    def receive(self, sender: str, incarnation: int | None) -> dict[str, Any]:
+        """Account a heartbeat from `sender`; the answer to send back (403 for strangers)."""
+        if sender not in self._peer_urls:
+            raise ApiError(403, "forbidden", f"{sender!r} is not a configured peer")
+        self._on_changes(self._view.heard(sender, loop_ms(), incarnation))
+        return {"node_id": self.node_id, "incarnation": self.incarnation}
