@@ -35,8 +35,10 @@ test: lint ## Lint, then every test suite (unit, simulation, integration).
 unit: install ## Only the fast suites.
 	SIM_SEEDS=$(SIM_SEEDS) $(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
-bench: install ## Benchmarks (JSON on stdout); not a test.
-	$(BIN)/python -m bench.lock_bench
+BENCH ?= lock queue cache
+
+bench: install ## Benchmarks, one JSON document each on stdout; not a test. make bench BENCH=lock
+	@for name in $(BENCH); do $(BIN)/python -m bench.$${name}_bench || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache

@@ -1,0 +1,415 @@
+"""Cache hit ratio, throughput and latency on a Zipf workload, against a pass-through run.
+
+`python -m bench.cache_bench [--duration S] [--quick]` starts its own Redis (AOF,
+appendfsync everysec) and, one after the other, two 3-node cache clusters on free ports
+sharing that Redis, then prints one JSON document on stdout (progress goes to stderr).
+One uvloop client process, aiohttp keep-alive.
+
+Workload (issue 4): 10,000 keys `k0..k9999`, key rank drawn from a Zipf law (s = 1.1),
+90% GET / 10% PUT (100-byte string values), 16 closed-loop clients, client i talking to
+node i % 3. Every client draws from its own seeded generator, so every run replays the
+same per-client sequences (each run uses a prefix, as long as it had time for). The keys
+are preloaded once, straight into Redis in the cache store's layout (`val`, `ver` = 1),
+so both clusters start empty over the same data: preloading by 10,000 PUTs through the
+cluster took about 90 s on the 2-core machine.
+Each run has an unmeasured warm-up of `WARMUP_S`, then `--duration` seconds measured;
+hit ratio and the other node counters are the difference of `/cache/stats`, summed over
+the three nodes, between the start and the end of the measured window.
+
+Three runs:
+
+* `cached`: `CACHE_CAPACITY=1000` on every node (the issue's setting).
+* `pass_through`: the same nodes with `CACHE_CAPACITY=1`, so in effect every read misses
+  and goes through the key's home to Redis: the cost of the same HTTP path with no cache.
+* `raw_redis`: redis.asyncio GET/SET against the same Redis, the same trace and client
+  count; a reference for what a client would get with no cache tier at all.
+
+How to read the ratios: `read_ops_ratio_vs_pass_through` is the cached run's GETs/s over
+the pass-through run's (issue target: at least 1.3); `ops_ratio_vs_raw_redis` is the
+cached run's ops/s over raw Redis's (the price of the HTTP tier and coherence).
+`reference_lru_hit_ratio` replays the ops the cached run executed (the clients'
+sequences interleaved round-robin) through one in-process LRU of one node's capacity;
+the issue's target is a cluster hit ratio within 5 points of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import random
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+import uvloop
+
+from distcluster_worker.runner.cluster import LocalCluster, port_is_free
+from distcluster_worker.runner.redis_server import RedisServer
+
+NODES = 3
+KEYS = 10_000
+ZIPF_S = 1.1
+CAPACITY = 1000
+PASS_THROUGH_CAPACITY = 1
+READ_FRACTION = 0.9
+CLIENTS = 16
+VALUE_BYTES = 100
+WARMUP_S = 2.0
+STORE_PREFIX = "dc:bench:cache"  # {KEY_PREFIX}:{CLUSTER_NAME}:cache, the store's layout
+SEED = 20240611
+PERSISTENCE = "appendonly yes, appendfsync everysec"
+NODE_ENV = {"LOG_LEVEL": "WARNING"}
+STAT_COUNTERS = ("hits", "misses", "evictions", "invalidations_sent", "bus_reads")
+
+Op = tuple[bool, int]  # (is_write, key index)
+Get = Callable[[int, int], Awaitable[bool]]
+Put = Callable[[int, int, str], Awaitable[bool]]
+
+
+@dataclass
+class Measure:
+    """Latencies (seconds) of gets and puts, failures, and the ops executed per client."""
+
+    get_s: list[float] = field(default_factory=list)
+    put_s: list[float] = field(default_factory=list)
+    errors: int = 0
+    elapsed_s: float = 0.0
+    trace: list[list[Op]] = field(default_factory=list)
+
+    def per_s(self, values: list[float]) -> float:
+        return len(values) / self.elapsed_s if self.elapsed_s else 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100.0 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def ms(values: list[float], q: float) -> float:
+    return round(percentile(values, q) * 1000.0, 2)
+
+
+def log(message: str) -> None:
+    print(f"[cache_bench] {message}", file=sys.stderr, flush=True)
+
+
+def key_name(index: int) -> str:
+    return f"k{index}"
+
+
+def value_for(rng: random.Random) -> str:
+    return "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=VALUE_BYTES))
+
+
+# -- the workload ----------------------------------------------------------------------
+
+
+def zipf_cum_weights(n: int, s: float) -> list[float]:
+    return list(itertools.accumulate(1.0 / (rank + 1) ** s for rank in range(n)))
+
+
+class OpStream:
+    """One client's endless, seeded sequence of (is_write, key index)."""
+
+    CHUNK = 1024
+
+    def __init__(self, client: int, cum_weights: list[float]) -> None:
+        self.rng = random.Random(SEED + client)
+        self.cum_weights = cum_weights
+        self.buffer: list[Op] = []
+
+    def next(self) -> Op:
+        if not self.buffer:
+            keys = self.rng.choices(range(KEYS), cum_weights=self.cum_weights, k=self.CHUNK)
+            writes = [self.rng.random() >= READ_FRACTION for _ in keys]
+            self.buffer = list(zip(writes, keys, strict=True))[::-1]
+        return self.buffer.pop()
+
+
+async def run_workload(get: Get, put: Put, duration_s: float, warmup_s: float) -> Measure:
+    """CLIENTS closed loops for warmup_s (discarded) + duration_s (measured)."""
+    measure = Measure(trace=[[] for _ in range(CLIENTS)])
+    cum_weights = zipf_cum_weights(KEYS, ZIPF_S)
+    start = time.perf_counter()
+    measured_from = start + warmup_s
+    end = measured_from + duration_s
+
+    async def client(index: int) -> None:
+        ops = OpStream(index, cum_weights)
+        rng = random.Random(SEED - index)
+        while (began := time.perf_counter()) < end:
+            is_write, key = ops.next()
+            ok = await (put(index, key, value_for(rng)) if is_write else get(index, key))
+            if began < measured_from:
+                continue
+            measure.trace[index].append((is_write, key))
+            if not ok:
+                measure.errors += 1
+            else:
+                (measure.put_s if is_write else measure.get_s).append(time.perf_counter() - began)
+
+    await asyncio.gather(*(client(i) for i in range(CLIENTS)))
+    measure.elapsed_s = time.perf_counter() - measured_from
+    return measure
+
+
+def reference_lru_hit_ratio(trace: list[list[Op]], capacity: int) -> float:
+    """Hit ratio of reads replaying the clients' ops round-robin through one LRU."""
+    lru: OrderedDict[int, None] = OrderedDict()
+    hits = reads = 0
+    for step in itertools.zip_longest(*trace):
+        for op in step:
+            if op is None:
+                continue
+            is_write, key = op
+            if not is_write:
+                reads += 1
+                hits += key in lru
+            lru[key] = None
+            lru.move_to_end(key)
+            if len(lru) > capacity:
+                lru.popitem(last=False)
+    return hits / reads if reads else 0.0
+
+
+# -- the clients -----------------------------------------------------------------------
+
+
+class ClusterCache:
+    """GET/PUT /cache/{key}; client i on node i % n."""
+
+    def __init__(self, session: aiohttp.ClientSession, urls: list[str]) -> None:
+        self.session = session
+        self.urls = urls
+
+    async def get(self, index: int, key: int) -> bool:
+        url = f"{self.urls[index % len(self.urls)]}/cache/{key_name(key)}"
+        try:
+            async with self.session.get(url) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
+    async def put(self, index: int, key: int, value: str) -> bool:
+        url = f"{self.urls[index % len(self.urls)]}/cache/{key_name(key)}"
+        try:
+            async with self.session.put(url, json={"value": value}) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
+    async def stats(self) -> dict[str, int]:
+        """STAT_COUNTERS summed over every node."""
+        total = dict.fromkeys(STAT_COUNTERS, 0)
+        for url in self.urls:
+            async with self.session.get(url + "/cache/stats") as resp:
+                body = await resp.json(content_type=None)
+            for name in STAT_COUNTERS:
+                total[name] += int(body.get(name, 0))
+        return total
+
+
+class RawRedis:
+    """The second reference: plain GET/SET, no cache tier."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+
+    async def get(self, index: int, key: int) -> bool:
+        try:
+            return await self.client.get(f"bench:raw:{key_name(key)}") is not None
+        except (aioredis.RedisError, OSError):
+            return False
+
+    async def put(self, index: int, key: int, value: str) -> bool:
+        try:
+            return bool(await self.client.set(f"bench:raw:{key_name(key)}", value))
+        except (aioredis.RedisError, OSError):
+            return False
+
+    async def preload(self) -> None:
+        rng = random.Random(SEED)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in range(KEYS):
+                pipe.set(f"bench:raw:{key_name(key)}", value_for(rng))
+            await pipe.execute()
+
+
+async def preload_redis(redis_url: str) -> None:
+    """Write every key into Redis in the cache store's layout (hash with val and ver)."""
+    client = aioredis.Redis.from_url(redis_url)
+    rng = random.Random(SEED)
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for key in range(KEYS):
+                name = f"{STORE_PREFIX}:{key_name(key)}"
+                pipe.execute_command("HSET", name, "val", value_for(rng), "ver", 1)
+            await pipe.execute()
+    finally:
+        await client.aclose()
+
+
+# -- clusters and runs -----------------------------------------------------------------
+
+
+def free_port_block(count: int) -> int:
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(15000, 30000 - count)
+        if all(port_is_free(base + i) for i in range(count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def start_cluster(workdir: Path, redis_url: str, capacity: int) -> LocalCluster:
+    cluster = LocalCluster(
+        role="cache",
+        nodes=NODES,
+        base_port=free_port_block(NODES),
+        redis_url=redis_url,
+        cluster_name="bench",
+        workdir=workdir,
+        extra_env={**NODE_ENV, "CACHE_CAPACITY": str(capacity)},
+        log_dir=workdir / "logs",
+    )
+    cluster.start(wait_ready_s=60)
+    return cluster
+
+
+def run_report(
+    m: Measure, before: dict[str, int] | None, after: dict[str, int] | None
+) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "ops_per_s": round(m.per_s(m.get_s) + m.per_s(m.put_s), 1),
+        "gets_per_s": round(m.per_s(m.get_s), 1),
+        "puts_per_s": round(m.per_s(m.put_s), 1),
+        "get_p50_ms": ms(m.get_s, 50),
+        "get_p99_ms": ms(m.get_s, 99),
+        "put_p50_ms": ms(m.put_s, 50),
+        "put_p99_ms": ms(m.put_s, 99),
+        "errors": m.errors,
+    }
+    if before is not None and after is not None:
+        delta = {name: after[name] - before[name] for name in STAT_COUNTERS}
+        reads = delta["hits"] + delta["misses"]
+        report["hit_ratio"] = round(delta["hits"] / reads, 4) if reads else 0.0
+        report["node_counters"] = delta
+    return report
+
+
+async def cluster_run(
+    workdir: Path, redis_url: str, capacity: int, duration_s: float
+) -> tuple[dict[str, Any], Measure]:
+    cluster = await asyncio.to_thread(start_cluster, workdir, redis_url, capacity)
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=30)
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            cache = ClusterCache(session, list(cluster.urls.values()))
+            await asyncio.sleep(1.0)  # let heartbeats settle the ring
+            before: dict[str, int] = {}
+
+            async def snapshot_after_warmup() -> None:
+                await asyncio.sleep(WARMUP_S)
+                before.update(await cache.stats())
+
+            snap = asyncio.create_task(snapshot_after_warmup())
+            measure = await run_workload(cache.get, cache.put, duration_s, WARMUP_S)
+            await snap
+            after = await cache.stats()
+    finally:
+        await asyncio.to_thread(cluster.stop)
+    return {"capacity": capacity, **run_report(measure, before, after)}, measure
+
+
+async def raw_run(redis_url: str, duration_s: float) -> dict[str, Any]:
+    client = aioredis.Redis.from_url(redis_url, max_connections=64)
+    try:
+        raw = RawRedis(client)
+        await raw.preload()
+        measure = await run_workload(raw.get, raw.put, duration_s, WARMUP_S)
+    finally:
+        await client.aclose()
+    return run_report(measure, None, None)
+
+
+def ratio(a: float, b: float) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    duration_s = 2.0 if args.quick else args.duration
+    redis = RedisServer(data_dir=workdir / "redis", appendonly=True, appendfsync="everysec")
+    redis.start()
+    started = time.monotonic()
+    try:
+        log(f"cached run (capacity {CAPACITY}), {WARMUP_S} s warm-up + {duration_s} s")
+        await preload_redis(redis.url)
+        cached, trace = await cluster_run(workdir / "cached", redis.url, CAPACITY, duration_s)
+        log(f"pass-through run (capacity {PASS_THROUGH_CAPACITY})")
+        passing, _ = await cluster_run(
+            workdir / "pass", redis.url, PASS_THROUGH_CAPACITY, duration_s
+        )
+        log("raw Redis GET/SET run")
+        raw = await raw_run(redis.url, duration_s)
+    finally:
+        redis.stop()
+    return {
+        "redis_persistence": PERSISTENCE,
+        "nodes": NODES,
+        "workload": {
+            "keys": KEYS,
+            "zipf_s": ZIPF_S,
+            "read_fraction": READ_FRACTION,
+            "clients": CLIENTS,
+            "value_bytes": VALUE_BYTES,
+            "warmup_s": WARMUP_S,
+            "duration_s": duration_s,
+        },
+        "cached": cached,
+        "pass_through": passing,
+        "raw_redis": raw,
+        "reference_lru_hit_ratio": round(reference_lru_hit_ratio(trace.trace, CAPACITY), 4),
+        "read_ops_ratio_vs_pass_through": ratio(cached["gets_per_s"], passing["gets_per_s"]),
+        "ops_ratio_vs_pass_through": ratio(cached["ops_per_s"], passing["ops_per_s"]),
+        "ops_ratio_vs_raw_redis": ratio(cached["ops_per_s"], raw["ops_per_s"]),
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.cache_bench", description=__doc__)
+    parser.add_argument("--duration", type=float, default=10.0, help="measured s per run")
+    parser.add_argument("--quick", action="store_true", help="2 s measured per run")
+    args = parser.parse_args(argv)
+    if args.duration <= 0:
+        parser.error("--duration must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="cache-bench-") as tmp:
+        report = uvloop.run(bench(args, Path(tmp)))
+    json.dump(report, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
