@@ -99,7 +99,13 @@ class RaftDriver:
     async def start(self) -> None:
         for peer in self.node.voters:
             if peer != self.node.node_id:
-                self._senders[peer] = _PeerSender(peer, self)
+                self._senders[peer] = _PeerSender(
+                    peer,
+                    send=self._send,
+                    on_replies=self._step_replies,
+                    log=self._log,
+                    retry_delay_s=self._tick_s,
+                )
         self._tasks = [
             asyncio.create_task(self._tick_loop(), name="raft-tick"),
             asyncio.create_task(self._proposal_loop(), name="raft-proposals"),
@@ -146,6 +152,16 @@ class RaftDriver:
             return await future
         finally:
             self._reads.pop(ctx, None)
+
+    async def _step_replies(self, replies: list[Message]) -> None:
+        """Step a peer's replies to what this node sent it."""
+        mine = [m for m in replies if m.dst == self.node.node_id]
+        if not mine:
+            return
+        async with self._mu:
+            for msg in mine:
+                self.node.step(msg)
+            await self._drain()
 
     async def wait_applied(self, index: int) -> None:
         async with self._applied:
@@ -283,11 +299,22 @@ class RaftDriver:
 
 
 class _PeerSender:
-    """Posts the messages queued for one peer, one request at a time, and steps replies."""
+    """Posts the messages queued for one peer and hands its replies back to the driver."""
 
-    def __init__(self, peer: str, driver: RaftDriver) -> None:
+    def __init__(
+        self,
+        peer: str,
+        *,
+        send: SendBatch,
+        on_replies: Callable[[list[Message]], Awaitable[None]],
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        retry_delay_s: float,
+    ) -> None:
         self.peer = peer
-        self._driver = driver
+        self._send = send
+        self._on_replies = on_replies
+        self._log = log
+        self._retry_delay_s = retry_delay_s
         self._queue: deque[Message] = deque(maxlen=PEER_QUEUE_LIMIT)
         self._wakeup = asyncio.Event()
         self.failures = 0
@@ -318,24 +345,17 @@ class _PeerSender:
 
     async def _post(self, path: str, msgs: list[Message]) -> None:
         try:
-            replies = await self._driver._send(self.peer, path, msgs)
+            replies = await self._send(self.peer, path, msgs)
         except Exception as exc:  # noqa: BLE001 - Raft retransmits; log the first failure
             self.failures += 1
             if self.failures == 1:
-                self._driver._log.warning(
-                    "peer unreachable", extra={"peer": self.peer, "error": repr(exc)}
-                )
-            await asyncio.sleep(self._driver._tick_s)
+                self._log.warning("peer unreachable", extra={"peer": self.peer, "error": repr(exc)})
+            await asyncio.sleep(self._retry_delay_s)
             return
         if self.failures:
-            self._driver._log.info("peer reachable again", extra={"peer": self.peer})
+            self._log.info("peer reachable again", extra={"peer": self.peer})
         self.failures = 0
-        mine = [m for m in replies if m.dst == self._driver.node.node_id]
-        if mine:
-            try:
-                async with self._driver._mu:
-                    for msg in mine:
-                        self._driver.node.step(msg)
-                    await self._driver._drain()
-            except Exception:  # noqa: BLE001 - a storage failure; Raft will retry
-                self._driver._log.warning("stepping replies failed", exc_info=True)
+        try:
+            await self._on_replies(replies)
+        except Exception:  # noqa: BLE001 - a storage failure; Raft will retry
+            self._log.warning("stepping replies failed", exc_info=True)
