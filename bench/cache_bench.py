@@ -37,10 +37,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import random
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -50,9 +48,10 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
-import uvloop
 
-from distcluster_worker.runner.cluster import LocalCluster, port_is_free
+from bench import common
+from bench.common import free_port_block, ms
+from distcluster_worker.runner.cluster import LocalCluster
 from distcluster_worker.runner.redis_server import RedisServer
 
 NODES = 3
@@ -74,6 +73,8 @@ Op = tuple[bool, int]  # (is_write, key index)
 Get = Callable[[int, int], Awaitable[bool]]
 Put = Callable[[int, int, str], Awaitable[bool]]
 
+log = common.make_log("cache_bench")
+
 
 @dataclass
 class Measure:
@@ -87,23 +88,6 @@ class Measure:
 
     def per_s(self, values: list[float]) -> float:
         return len(values) / self.elapsed_s if self.elapsed_s else 0.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 100]); 0.0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100.0 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def ms(values: list[float], q: float) -> float:
-    return round(percentile(values, q) * 1000.0, 2)
-
-
-def log(message: str) -> None:
-    print(f"[cache_bench] {message}", file=sys.stderr, flush=True)
 
 
 def key_name(index: int) -> str:
@@ -267,15 +251,6 @@ async def preload_redis(redis_url: str) -> None:
 # -- clusters and runs -----------------------------------------------------------------
 
 
-def free_port_block(count: int) -> int:
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(15000, 30000 - count)
-        if all(port_is_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
-
-
 def start_cluster(workdir: Path, redis_url: str, capacity: int) -> LocalCluster:
     cluster = LocalCluster(
         role="cache",
@@ -392,23 +367,11 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.cache_bench", description=__doc__)
-    parser.add_argument("--duration", type=float, default=10.0, help="measured s per run")
-    parser.add_argument("--quick", action="store_true", help="2 s measured per run")
-    args = parser.parse_args(argv)
-    if args.duration <= 0:
-        parser.error("--duration must be positive")
-    return args
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="cache-bench-") as tmp:
-        report = uvloop.run(bench(args, Path(tmp)))
-    json.dump(report, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0
+    args = common.parse_args(
+        "cache_bench", __doc__, argv, duration=10.0, quick="2 s measured per run"
+    )
+    return common.main("cache_bench", args, bench)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
-import random
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -39,9 +36,10 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
-import uvloop
 
-from distcluster_worker.runner.cluster import LocalCluster, port_is_free
+from bench import common
+from bench.common import free_port_block, percentile
+from distcluster_worker.runner.cluster import LocalCluster
 from distcluster_worker.runner.redis_server import RedisServer
 
 CLIENT_COUNTS = (1, 16, 64)
@@ -64,6 +62,8 @@ return 0
 
 Cycle = Callable[[int, str], Awaitable[bool]]
 
+log = common.make_log("lock_bench")
+
 
 @dataclass
 class Measure:
@@ -79,19 +79,6 @@ class Measure:
 
     def percentile_ms(self, q: float) -> float:
         return percentile(self.latencies_s, q) * 1000.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 100]); 0.0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100.0 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def log(message: str) -> None:
-    print(f"[lock_bench] {message}", file=sys.stderr, flush=True)
 
 
 # -- load generation -------------------------------------------------------------------
@@ -180,15 +167,6 @@ class RedisLockClient:
 
 
 # -- the cluster under test ------------------------------------------------------------
-
-
-def free_port_block(count: int) -> int:
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(15000, 30000 - count)
-        if all(port_is_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 async def raft_status(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
@@ -354,23 +332,11 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         redis.stop()
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.lock_bench", description=__doc__)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per case")
-    parser.add_argument("--quick", action="store_true", help="1 s cases, 3 failovers")
-    args = parser.parse_args(argv)
-    if args.duration <= 0:
-        parser.error("--duration must be positive")
-    return args
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="lock-bench-") as tmp:
-        report = uvloop.run(bench(args, Path(tmp)))
-    json.dump(report, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0
+    args = common.parse_args(
+        "lock_bench", __doc__, argv, duration=5.0, quick="1 s cases, 3 failovers"
+    )
+    return common.main("lock_bench", args, bench)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ import itertools
 import json
 import random
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -44,9 +43,10 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
-import uvloop
 
-from distcluster_worker.runner.cluster import LocalCluster, port_is_free
+from bench import common
+from bench.common import free_port_block, ms
+from distcluster_worker.runner.cluster import LocalCluster
 from distcluster_worker.runner.redis_server import RedisServer
 
 NODES = 3
@@ -59,6 +59,8 @@ PACED_RATE = 500.0
 PERSISTENCE = "appendonly yes, appendfsync everysec"
 NODE_ENV = {"LOG_LEVEL": "WARNING"}
 GROUP = "bench"
+
+log = common.make_log("queue_bench")
 
 
 @dataclass(frozen=True)
@@ -102,23 +104,6 @@ class Measure:
     @property
     def lost(self) -> int:
         return len(self.published - self.consumed)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 100]); 0.0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100.0 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def ms(values: list[float], q: float) -> float:
-    return round(percentile(values, q) * 1000.0, 2)
-
-
-def log(message: str) -> None:
-    print(f"[queue_bench] {message}", file=sys.stderr, flush=True)
 
 
 # -- load generation -------------------------------------------------------------------
@@ -285,15 +270,6 @@ class RawStreams:
 # -- the cluster under test ------------------------------------------------------------
 
 
-def free_port_block(count: int) -> int:
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(15000, 30000 - count)
-        if all(port_is_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
-
-
 def start_cluster(workdir: Path, redis_url: str) -> LocalCluster:
     cluster = LocalCluster(
         role="queue",
@@ -410,23 +386,9 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         redis.stop()
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.queue_bench", description=__doc__)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per case")
-    parser.add_argument("--quick", action="store_true", help="1 s cases")
-    args = parser.parse_args(argv)
-    if args.duration <= 0:
-        parser.error("--duration must be positive")
-    return args
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="queue-bench-") as tmp:
-        report = uvloop.run(bench(args, Path(tmp)))
-    json.dump(report, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0
+    args = common.parse_args("queue_bench", __doc__, argv, duration=5.0, quick="1 s cases")
+    return common.main("queue_bench", args, bench)
 
 
 if __name__ == "__main__":
