@@ -63,13 +63,7 @@ class CacheNode(BaseNode):
     ) -> None:
         super().__init__(settings, **kwargs)
         self.c = cache_settings if cache_settings is not None else load_cache_settings()
-        self.view = ClusterView(
-            settings.node_id,
-            sorted(settings.peer_urls),
-            vnodes=self.c.vnodes,
-            suspect_after_ms=self.c.suspect_after_ms,
-            dead_after_ms=self.c.dead_after_ms,
-        )
+        self.view = ClusterView.for_peers(settings.node_id, settings.peer_urls, self.c)
         store = LineStore(self.c.capacity, self.c.policy, max_bytes=self.c.max_bytes)
         self.local = LocalCache(store, Fences(2 * self.c.lease_ms))
         self._home: Home | None = None
@@ -124,11 +118,9 @@ class CacheNode(BaseNode):
     async def on_start(self) -> None:
         self._store = CacheStore(self.redis, self.settings.redis_key("cache"))
         incarnation = self.now_ms()
-        self._beats = Heartbeats(
-            node_id=self.settings.node_id,
-            peer_urls=self.settings.peer_urls,
-            rpc=lambda: self.rpc,
-            view=self.view,
+        self._beats = Heartbeats.for_node(
+            self,
+            self.view,
             path="/cache/heartbeat",
             interval_ms=self.c.heartbeat_ms,
             incarnation=incarnation,

@@ -56,13 +56,7 @@ class QueueNode(BaseNode):
     ) -> None:
         super().__init__(settings, **kwargs)
         self.q = queue_settings if queue_settings is not None else load_queue_settings()
-        self.view = ClusterView(
-            settings.node_id,
-            sorted(settings.peer_urls),
-            vnodes=self.q.vnodes,
-            suspect_after_ms=self.q.suspect_after_ms,
-            dead_after_ms=self.q.dead_after_ms,
-        )
+        self.view = ClusterView.for_peers(settings.node_id, settings.peer_urls, self.q)
         self._store: StreamStore | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._redis_ok = False
@@ -102,11 +96,9 @@ class QueueNode(BaseNode):
 
     async def on_start(self) -> None:
         self._store = StreamStore(self.redis, self.settings.redis_key("queue"), self.q)
-        self._beats = Heartbeats(
-            node_id=self.settings.node_id,
-            peer_urls=self.settings.peer_urls,
-            rpc=lambda: self.rpc,
-            view=self.view,
+        self._beats = Heartbeats.for_node(
+            self,
+            self.view,
             path="/ring/heartbeat",
             interval_ms=self.q.heartbeat_ms,
             incarnation=self.now_ms(),

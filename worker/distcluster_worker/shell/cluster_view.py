@@ -8,10 +8,24 @@ left); suspects stay on the ring, as the detector's docstring explains.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from distcluster_worker.membership import Changes, Membership
 from distcluster_worker.ring import HashRing
+
+
+class MembershipSettings(Protocol):
+    """The failure-detector and ring settings a role reads (`QUEUE_*`, `CACHE_*`)."""
+
+    @property
+    def vnodes(self) -> int: ...
+
+    @property
+    def suspect_after_ms(self) -> int: ...
+
+    @property
+    def dead_after_ms(self) -> int: ...
 
 
 class ClusterView:
@@ -32,6 +46,18 @@ class ClusterView:
         )
         self._vnodes = vnodes
         self.ring = HashRing(self.membership.live(), vnodes=vnodes)
+
+    @classmethod
+    def for_peers(
+        cls, self_id: str, peers: Iterable[str], settings: MembershipSettings
+    ) -> ClusterView:
+        return cls(
+            self_id,
+            sorted(peers),
+            vnodes=settings.vnodes,
+            suspect_after_ms=settings.suspect_after_ms,
+            dead_after_ms=settings.dead_after_ms,
+        )
 
     def heard(self, member: str, now_ms: int, incarnation: int | None) -> Changes:
         return self._apply(self.membership.heartbeat(member, now_ms, incarnation))

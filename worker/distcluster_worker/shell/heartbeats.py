@@ -16,6 +16,7 @@ from typing import Any
 from distcluster_worker.membership import Changes
 from distcluster_worker.shell.cluster_view import ClusterView
 from distcluster_worker.shell.errors import ApiError
+from distcluster_worker.shell.node import BaseNode
 from distcluster_worker.shell.rpc import RpcClient, RpcError
 
 
@@ -47,6 +48,29 @@ class Heartbeats:
         self._path = path
         self._interval_ms = interval_ms
         self._on_changes = on_changes
+
+    @classmethod
+    def for_node(
+        cls,
+        node: BaseNode,
+        view: ClusterView,
+        *,
+        path: str,
+        interval_ms: int,
+        incarnation: int,
+        on_changes: Callable[[Changes], None],
+    ) -> Heartbeats:
+        """Heartbeats to the node's configured peers over its RPC client."""
+        return cls(
+            node_id=node.settings.node_id,
+            peer_urls=node.settings.peer_urls,
+            rpc=lambda: node.rpc,
+            view=view,
+            path=path,
+            interval_ms=interval_ms,
+            incarnation=incarnation,
+            on_changes=on_changes,
+        )
 
     async def run(self, each_round: Callable[[], Awaitable[None]] | None = None) -> None:
         """Beat every peer (and run `each_round`) once per interval, forever."""
