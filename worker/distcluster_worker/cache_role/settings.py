@@ -6,13 +6,12 @@ raises the shell's ``ConfigError`` with one sentence per bad variable. Empty mea
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distcluster_worker.shell.config import ConfigError
+from distcluster_worker.shell.config import load_role_settings
 
 ENV_PREFIX = "CACHE_"
 
@@ -50,23 +49,8 @@ class CacheSettings(BaseModel):
 
 
 def load_cache_settings(env: Mapping[str, str] | None = None) -> CacheSettings:
-    """Read ``CACHE_*`` from ``env`` (default: the process environment)."""
-    source = os.environ if env is None else env
-    values: dict[str, str] = {}
-    for name in CacheSettings.model_fields:
-        raw = source.get(ENV_PREFIX + name.upper(), "")
-        if raw != "":
-            values[name] = raw
-    try:
-        return CacheSettings.model_validate(values)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            loc = error.get("loc", ())
-            message = str(error["msg"]).removeprefix("Value error, ")
-            if not loc:
-                problems.append(message)
-                continue
-            name = ENV_PREFIX + str(loc[0]).upper()
-            problems.append(f"{name}: {message.lower()}, got {error.get('input')!r}")
-        raise ConfigError("\n".join(problems), problems) from None
+    """Read ``CACHE_*`` from ``env`` (default: the process environment).
+
+    Raises ConfigError naming every bad variable.
+    """
+    return load_role_settings(CacheSettings, ENV_PREFIX, env)

@@ -16,12 +16,11 @@ Bounds that are not obvious:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distcluster_worker.shell.config import ConfigError
+from distcluster_worker.shell.config import load_role_settings
 
 #: Idle time `nack` gives entries so any consumer's next visibility check claims them.
 NACK_IDLE_MS = 1_000_000_000
@@ -66,32 +65,8 @@ class QueueSettings(BaseModel):
 
 
 def load_queue_settings(env: Mapping[str, str] | None = None) -> QueueSettings:
-    """Read ``QUEUE_*`` from ``env`` (default: the process environment); empty means unset.
+    """Read ``QUEUE_*`` from ``env`` (default: the process environment).
 
     Raises ConfigError naming every bad variable.
     """
-    source = os.environ if env is None else env
-    values: dict[str, str] = {}
-    for name in QueueSettings.model_fields:
-        raw = source.get(ENV_PREFIX + name.upper(), "")
-        if raw != "":
-            values[name] = raw
-    try:
-        # Environment values are text: validate in lax mode so "500" is the integer 500.
-        return QueueSettings.model_validate(values)
-    except ValidationError as exc:
-        problems = _describe(exc)
-        raise ConfigError("\n".join(problems), problems) from None
-
-
-def _describe(exc: ValidationError) -> list[str]:
-    problems: list[str] = []
-    for error in exc.errors():
-        loc = error.get("loc", ())
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if not loc:
-            problems.extend(message.splitlines())
-            continue
-        name = ENV_PREFIX + str(loc[0]).upper()
-        problems.append(f"{name}: {message.lower()}, got {error.get('input')!r}")
-    return problems
+    return load_role_settings(QueueSettings, ENV_PREFIX, env)

@@ -21,10 +21,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+R = TypeVar("R", bound=BaseModel)
 
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
 CLUSTER_NAME_RE = re.compile(r"^[a-z0-9-]{1,63}$")
@@ -228,3 +230,35 @@ def _strip_value_error(msg: str) -> str:
 
 def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else repr(str(value))
+
+
+def load_role_settings(model: type[R], prefix: str, env: Mapping[str, str] | None = None) -> R:
+    """A role's own settings from ``{prefix}{FIELD}`` variables; empty means unset.
+
+    Environment values are text, so the model validates in lax mode ("500" is 500).
+    Raises ConfigError with one sentence per bad variable.
+    """
+    source = os.environ if env is None else env
+    values: dict[str, str] = {}
+    for name in model.model_fields:
+        raw = source.get(prefix + name.upper(), "")
+        if raw != "":
+            values[name] = raw
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        problems = _describe_role_errors(exc, prefix)
+        raise ConfigError("\n".join(problems), problems) from None
+
+
+def _describe_role_errors(exc: ValidationError, prefix: str) -> list[str]:
+    problems: list[str] = []
+    for error in exc.errors():
+        loc = error.get("loc", ())
+        message = _strip_value_error(str(error["msg"]))
+        if not loc:
+            problems.extend(message.splitlines())
+            continue
+        name = prefix + str(loc[0]).upper()
+        problems.append(f"{name}: {message.lower()}, got {error.get('input')!r}")
+    return problems
