@@ -6,16 +6,19 @@ ROLE ?= lock_manager
 NODES ?= 3
 BASE_PORT ?= 8001
 SIM_SEEDS ?= 2000
+# make e2e: empty means Dockerfile.node's default base and redis:7-bookworm.
+BASE_IMAGE ?=
+REDIS_IMAGE ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit lint bench clean
+.PHONY: install run test unit lint bench e2e base-image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,operator]'
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv with the project (editable) and its test tools.
@@ -39,6 +42,12 @@ BENCH ?= lock queue cache
 
 bench: install ## Benchmarks, one JSON document each on stdout; not a test. make bench BENCH=lock
 	@for name in $(BENCH); do $(BIN)/python -m bench.$${name}_bench || exit 1; done
+
+e2e: install ## Build the node image, run the docker compose scenarios (needs a Docker engine).
+	BASE_IMAGE=$(BASE_IMAGE) REDIS_IMAGE=$(REDIS_IMAGE) docker/e2e.sh
+
+base-image: ## Build the local base image distcluster-base:bookworm (root, debootstrap, no registry).
+	docker/build-base-image.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,3 +26,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/e2e needs a Docker engine and a built image: only `make e2e` runs it (it sets
+    DISTCLUSTER_E2E=1 after checking both), never `make test`."""
+    if collection_path.name == "e2e" and collection_path.parent.name == "tests":
+        return os.environ.get("DISTCLUSTER_E2E") != "1"
+    return None

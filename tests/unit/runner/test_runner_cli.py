@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -115,3 +118,50 @@ def test_up_runs_a_cluster_until_ctrl_c() -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+class _ProbeTarget(http.server.BaseHTTPRequestHandler):
+    """Answers like a node that is alive but not ready."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the name http.server dispatches to)
+        status = 200 if self.path == "/health" else 503
+        self.send_response(status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def probe_port() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ProbeTarget)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_probe_passes_on_200(probe_port: int) -> None:
+    assert cli.main(["probe", "--port", str(probe_port)]) == 0
+
+
+def test_probe_fails_when_not_ready(probe_port: int, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["probe", "--port", str(probe_port), "--path", "/ready"]) == 1
+    assert "answered 503" in capsys.readouterr().err
+
+
+def test_probe_reads_port_from_environment(
+    probe_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PORT", str(probe_port))
+    assert cli.main(["probe"]) == 0
+
+
+def test_probe_fails_when_nothing_listens(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["probe", "--port", str(free_port()), "--timeout", "0.5"]) == 1
+    assert "127.0.0.1" in capsys.readouterr().err
