@@ -11,7 +11,7 @@ BASE_IMAGE ?=
 REDIS_IMAGE ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit lint bench e2e base-image clean
+.PHONY: install run test unit lint bench e2e e2e-kind base-image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench: install ## Benchmarks, one JSON document each on stdout; not a test. make
 
 e2e: install ## Build the node image, run the docker compose scenarios (needs a Docker engine).
 	BASE_IMAGE=$(BASE_IMAGE) REDIS_IMAGE=$(REDIS_IMAGE) docker/e2e.sh
+
+e2e-kind: ## The operator on a throwaway kind cluster (needs docker, kind, kubectl, helm).
+	BASE_IMAGE=$(BASE_IMAGE) scripts/e2e-kind.sh
 
 base-image: ## Build the local base image distcluster-base:bookworm (root, debootstrap, no registry).
 	docker/build-base-image.sh

@@ -1,4 +1,5 @@
-"""`make e2e` without a reachable Docker engine must say so and fail, never pass quietly."""
+"""The scripts behind `make e2e` and `make e2e-kind`: shellcheck-clean, and without the
+tools they need they say so and fail, never pass quietly."""
 
 from __future__ import annotations
 
@@ -12,9 +13,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 
 
-def run_e2e(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+SCRIPTS = [
+    REPO / "docker" / "e2e.sh",
+    REPO / "docker" / "build-base-image.sh",
+    REPO / "docker" / "install-venv.sh",
+    REPO / "scripts" / "e2e-kind.sh",
+    REPO / ".ci" / "run",
+]
+
+
+def run_e2e(
+    env: dict[str, str], script: Path = REPO / "docker" / "e2e.sh"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["bash", str(REPO / "docker" / "e2e.sh")],
+        ["bash", str(script)],
         env=env,
         capture_output=True,
         text=True,
@@ -32,14 +44,34 @@ def test_no_engine_is_reported_and_fails(tmp_path: Path) -> None:
     assert "no Docker engine answers" in done.stderr
 
 
-def test_no_client_is_reported_and_fails(tmp_path: Path) -> None:
-    # A PATH with bash and the basic tools only, but no docker.
+def bare_path(tmp_path: Path) -> dict[str, str]:
+    """An environment whose PATH has bash and the basic tools only: no docker, no kind."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("bash", "dirname", "env"):
         found = shutil.which(tool)
         assert found is not None
         (bin_dir / tool).symlink_to(found)
-    done = run_e2e({"PATH": str(bin_dir), "HOME": str(tmp_path)})
+    return {"PATH": str(bin_dir), "HOME": str(tmp_path)}
+
+
+def test_no_client_is_reported_and_fails(tmp_path: Path) -> None:
+    done = run_e2e(bare_path(tmp_path))
     assert done.returncode == 1
     assert "docker is not installed" in done.stderr
+
+
+def test_kind_e2e_without_its_tools_is_reported_and_fails(tmp_path: Path) -> None:
+    done = run_e2e(bare_path(tmp_path), REPO / "scripts" / "e2e-kind.sh")
+    assert done.returncode == 1
+    assert "docker is not installed" in done.stderr
+    assert "kind, kubectl, helm" in done.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shell_scripts_are_shellcheck_clean(script: Path) -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (.ci/run installs it)")
+    done = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout
