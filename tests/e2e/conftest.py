@@ -10,24 +10,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from compose_harness import ComposeCluster
 
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report: pytest.TestReport = yield
-    setattr(item, f"report_{report.when}", report)
-    return report
-
-
-def _failed(request: pytest.FixtureRequest) -> bool:
-    reports = (getattr(request.node, f"report_{when}", None) for when in ("setup", "call"))
-    return any(r is not None and r.failed for r in reports)
+from run_reports import test_failed
 
 
 @pytest.fixture
@@ -51,6 +39,6 @@ def compose_cluster(request: pytest.FixtureRequest) -> Iterator[Callable[[str], 
 
     yield make
     for cluster in made:
-        if _failed(request):
+        if test_failed(request):
             print(f"\n===== compose logs ({cluster.role}) =====\n{cluster.logs()}")
         cluster.down()

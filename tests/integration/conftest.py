@@ -9,27 +9,14 @@ node log is printed so the report shows what the nodes saw.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Generator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import aiohttp
 import pytest
 from lock_it_harness import ClusterFactory, LockCluster, build_cluster, log_tails
 
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Keep each phase's report on the item so fixtures can tell whether the test failed."""
-    report: pytest.TestReport = yield
-    setattr(item, f"report_{report.when}", report)
-    return report
-
-
-def _failed(request: pytest.FixtureRequest) -> bool:
-    reports = (getattr(request.node, f"report_{when}", None) for when in ("setup", "call"))
-    return any(r is not None and r.failed for r in reports)
+from run_reports import test_failed
 
 
 @pytest.fixture
@@ -54,7 +41,7 @@ async def lock_cluster(
 
     yield make
     for handle in made:
-        if _failed(request):
+        if test_failed(request):
             print(f"\n===== node logs of {handle.log_dir} =====\n{handle.log_tails()}")
         await handle.close()
 
