@@ -226,8 +226,22 @@ def build_redis_deployment(name: str, namespace: str, spec: ClusterSpec) -> Obj:
         "name": "redis",
         "image": redis.image,
         "imagePullPolicy": "IfNotPresent",
+        # `command` replaces the image's entrypoint, which is what turns protected mode
+        # off in the official image: without the flag Redis refuses every pod that is not
+        # on its loopback. It is reachable only inside the namespace, through its Service.
         "command": ["redis-server"],
-        "args": ["--appendonly", "yes", "--dir", "/data", "--port", str(REDIS_PORT)],
+        "args": [
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--dir",
+            "/data",
+            "--port",
+            str(REDIS_PORT),
+            "--protected-mode",
+            "no",
+        ],
         "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
         "readinessProbe": {
             "exec": {"command": ["redis-cli", "-p", str(REDIS_PORT), "ping"]},

@@ -118,6 +118,9 @@ def test_managed_redis_runs_with_aof_on_an_empty_dir_by_default() -> None:
     (redis,) = pod["containers"]
     assert redis["image"] == crd.DEFAULT_REDIS_IMAGE
     assert redis["args"][:2] == ["--appendonly", "yes"]
+    # The entrypoint that disables protected mode is replaced by `command`: without this
+    # flag Redis would refuse the worker pods.
+    assert redis["args"][-2:] == ["--protected-mode", "no"]
     assert redis["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
     assert pod["volumes"] == [{"name": "data", "emptyDir": {}}]
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
