@@ -43,7 +43,7 @@ BENCH ?= lock queue cache
 bench: install ## Benchmarks, one JSON document each on stdout; not a test. make bench BENCH=lock
 	@for name in $(BENCH); do $(BIN)/python -m bench.$${name}_bench || exit 1; done
 
-e2e: install ## Build the node image, run the docker compose scenarios (needs a Docker engine).
+e2e: install ## Build the node and operator images, run the docker compose scenarios (needs a Docker engine).
 	BASE_IMAGE=$(BASE_IMAGE) REDIS_IMAGE=$(REDIS_IMAGE) docker/e2e.sh
 
 e2e-kind: ## The operator on a throwaway kind cluster (needs docker, kind, kubectl, helm).
