@@ -5,6 +5,8 @@ Environment knobs (all optional):
 * `SIM_SEEDS` — how many seeds the Raft sweep runs (default 2000); `SIM_SEED_BASE` moves
   the window (default 0) so a nightly job can explore fresh seeds.
 * `SIM_LOCK_SEEDS` — seeds for the lock-heavy sweep (default `SIM_SEEDS // 10`, at least 20).
+* `SIM_MEMBER_SEEDS` — seeds for the membership-change sweep (default `SIM_SEEDS // 16`, at
+  least 20; each run is longer: six nodes, 300-500 steps).
 * `SIM_SEED` — replay exactly this seed (`pytest tests/simulation -k replay`).
 * `SIM_WORKERS` — processes for the sweeps (default: the CPUs this process may use).
 
@@ -18,7 +20,8 @@ and prints the node states, recent faults and the last events before a violation
 The helpers: `simnet` (the packet simulator), `simcluster` (nodes driven like the real
 shell, over in-memory stable storage), `simcheck` (Raft and lock checkers), `simworkload`
 (lock clients), `simharness` (fault profiles, one run per seed, liveness, sweeps),
-`simscenario` (verbs for hand-written scenarios) and `simsettings` (these knobs).
+`simscenario` (verbs for hand-written scenarios), `simmembers` (membership changes as the
+shell and operator make them) and `simsettings` (these knobs).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from simsettings import sim_lock_seeds, sim_seed_base, sim_seeds, sim_workers
+from simsettings import sim_lock_seeds, sim_member_seeds, sim_seed_base, sim_seeds, sim_workers
 
 SWEEPS = pytest.StashKey[list[tuple[str, Counter[str]]]]()
 
@@ -38,7 +41,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> str:
     return (
         f"simulation: SIM_SEEDS={sim_seeds()} SIM_SEED_BASE={sim_seed_base()} "
-        f"SIM_LOCK_SEEDS={sim_lock_seeds()} SIM_WORKERS={sim_workers()}"
+        f"SIM_LOCK_SEEDS={sim_lock_seeds()} SIM_MEMBER_SEEDS={sim_member_seeds()} "
+        f"SIM_WORKERS={sim_workers()}"
     )
 
 

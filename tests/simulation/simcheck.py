@@ -61,7 +61,8 @@ class _Committed:
 
 @dataclass
 class RaftChecker:
-    """Election safety, log matching, leader completeness, state-machine safety, durability."""
+    """Election safety, log matching, leader completeness, state-machine safety, durability,
+    and one membership change at a time."""
 
     leaders: dict[int, str] = field(default_factory=dict)
     # (index, term) -> (term at index - 1, kind, data): by induction this is log matching.
@@ -171,6 +172,24 @@ class RaftChecker:
                 "committed entry overwritten",
                 f"{node_id} replaced committed (index {index}, term {old_term}) "
                 f"with term {new_term}",
+            )
+
+    def on_config_write(self, node_id: str, entry: Entry, previous: Entry) -> None:
+        """A config entry may follow only a committed one: at most one change in flight.
+
+        A leader appends a config entry only once its log's previous one is committed
+        (thesis 4.1), and by log matching every log that holds the new entry holds that
+        same previous one, so the rule holds for every write, on every node.
+        """
+        committed = self.committed.get(previous.index)
+        if previous.index > self.max_commit or (
+            committed is not None and committed.term != previous.term
+        ):
+            raise violation(
+                "one uncommitted config change",
+                f"{node_id} wrote config entry (index {entry.index}, term {entry.term}) after "
+                f"uncommitted config entry (index {previous.index}, term {previous.term}); "
+                f"cluster commit {self.max_commit}",
             )
 
     def on_vote_sent(self, msg: VoteResponse, stored: HardState) -> None:

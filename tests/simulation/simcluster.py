@@ -12,6 +12,15 @@ The cluster reports every event to the checkers as it happens, so a violation su
 at the step that caused it. Crashes may also tear a `Ready` in half (before persisting,
 after persisting, after sending, after applying) to exercise every crash point the real
 shell has.
+
+Membership. Only the first `ClusterConfig.voters` nodes form the bootstrap
+configuration; the others start as joining nodes (`RaftConfig.join`) and sit idle
+until a membership change adds them. A node the operator would delete after its
+removal is *retired*: down for good (no fault restarts it) until it is added again,
+when it comes back with its stable storage, as a StatefulSet pod with its Redis keys
+would. Two membership rules are checked from stable storage, never from the core's
+own bookkeeping: a node campaigns only while the configuration its stored log implies
+makes it a voter, and a config entry is only ever written after a committed one.
 """
 
 from __future__ import annotations
@@ -27,6 +36,13 @@ from simcheck import CHECKPOINT_EVERY, LockReference, LogView, RaftChecker, viol
 from simnet import NetConfig, SimNetwork
 
 from distcluster_worker.locks import LockTable
+from distcluster_worker.raft.confchange import (
+    NO_MEMBERSHIP,
+    ConfChange,
+    Membership,
+    decode_membership,
+    snapshot_membership,
+)
 from distcluster_worker.raft.messages import (
     AppendResponse,
     Entry,
@@ -35,6 +51,7 @@ from distcluster_worker.raft.messages import (
     Ready,
     Snapshot,
     SnapshotResponse,
+    VoteRequest,
     VoteResponse,
 )
 from distcluster_worker.raft.node import RaftConfig, RaftNode, Restored
@@ -129,6 +146,7 @@ class SimNode:
     incarnation: int = 0
     crash_at: str | None = None
     expire_index: int = 0
+    retired: bool = False
 
     @property
     def alive(self) -> bool:
@@ -152,6 +170,7 @@ class ClusterConfig:
     snapshot_entries: int = 20
     clock_skew_ms: int = 0
     net: NetConfig = field(default_factory=NetConfig)
+    voters: int = 0  # bootstrap voters: the first `voters` nodes (0: all of them)
 
 
 TraceEvent = tuple[int, str, object]
@@ -164,6 +183,7 @@ class Cluster:
         self.seed = seed
         self.config = config
         self.ids = tuple(f"n{i}" for i in range(1, config.size + 1))
+        self.initial_voters = self.ids[: config.voters or config.size]
         self.rng = random.Random(f"{seed}:cluster")
         self.net = SimNetwork(self.ids, random.Random(f"{seed}:net"), config.net)
         self.nodes = {nid: SimNode(nid) for nid in self.ids}
@@ -176,6 +196,8 @@ class Cluster:
         self.delivered_kinds: dict[str, int] = {}
         self.reads: dict[tuple[str, int], int] = {}
         self._read_ctx = 0
+        self._campaigns_checked: set[tuple[str, int, str, int]] = set()
+        self.roles: dict[str, str] = {}
 
     def boot(self) -> Cluster:
         for nid in self.ids:
@@ -188,7 +210,8 @@ class Cluster:
         c = self.config
         return RaftConfig(
             node_id=node_id,
-            voters=self.ids,
+            voters=self.initial_voters,
+            join=node_id not in self.initial_voters,
             election_timeout_ticks=c.election_timeout_ticks,
             heartbeat_ticks=c.heartbeat_ticks,
             max_entries_per_append=c.max_entries_per_append,
@@ -209,6 +232,7 @@ class Cluster:
         node.crash_at = None
         node.expire_index = 0
         self.record("start", node_id)
+        self.roles.pop(node_id, None)
         raft = node.core()
         self.raft_checker.on_restart(node_id, raft.term, raft.commit_index)
         self.after_input(node)
@@ -227,6 +251,19 @@ class Cluster:
 
     def crash_at_next_ready(self, node_id: str, point: str) -> None:
         self.nodes[node_id].crash_at = point
+
+    def retire(self, node_id: str) -> None:
+        """The operator deleted the node after its removal: down until added again."""
+        self.crash(node_id)
+        self.nodes[node_id].retired = True
+        self.record("retire", node_id)
+
+    def recommission(self, node_id: str) -> None:
+        """Bring a retired node back, with its stable storage, before it is added again."""
+        node = self.nodes[node_id]
+        node.retired = False
+        if not node.alive:
+            self.start(node_id)
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -261,6 +298,20 @@ class Cluster:
         self.record("propose", (node_id, indexes, [c.get("op") for c in commands]))
         self.after_input(node)
         return indexes
+
+    def propose_conf_change(self, node_id: str, change: ConfChange) -> int:
+        """Propose a membership change on one node (it raises what the core raises)."""
+        node = self.nodes[node_id]
+        index = node.core().propose_conf_change(change)
+        self.record(f"conf {change.op}", (node_id, change.node_id, index))
+        self.after_input(node)
+        return index
+
+    def transfer_leadership(self, node_id: str, target: str) -> None:
+        node = self.nodes[node_id]
+        node.core().transfer_leadership(target)
+        self.record("transfer", (node_id, target))
+        self.after_input(node)
 
     def read_index(self, node_id: str) -> int:
         node = self.nodes[node_id]
@@ -334,6 +385,16 @@ class Cluster:
         storage.save(ready.hard_state, ready.entries, ready.snapshot, kept)
         if ready.hard_state is not None:
             self.raft_checker.on_hard_state(node.node_id, ready.hard_state)
+        written = [e for e in ready.entries if e.kind == "config"]
+        if written:
+            self.check_config_writes(node, written)
+
+    def check_config_writes(self, node: SimNode, written: Sequence[Entry]) -> None:
+        """Each config entry written must follow a committed one (or none in the log)."""
+        configs = [e for e in node.storage.entries if e.kind == "config"]
+        for before, entry in zip(configs, configs[1:], strict=False):
+            if entry in written:
+                self.raft_checker.on_config_write(node.node_id, entry, before)
 
     def check_truncation(self, node: SimNode, entries: Sequence[Entry]) -> None:
         first = entries[0].index
@@ -360,7 +421,9 @@ class Cluster:
     def send(self, node: SimNode, msg: Message) -> None:
         if msg.src != node.node_id or msg.dst not in self.nodes or msg.dst == msg.src:
             raise violation("message addressing", f"{node.node_id} sent {msg}")
-        if isinstance(msg, VoteResponse):
+        if isinstance(msg, VoteRequest):
+            self.check_campaigner(node, msg.term, "pre-vote" if msg.pre_vote else "vote")
+        elif isinstance(msg, VoteResponse):
             self.raft_checker.on_vote_sent(msg, node.storage.hard_state)
         elif isinstance(msg, SnapshotResponse) or (isinstance(msg, AppendResponse) and msg.success):
             self.check_ack_durable(node, msg)
@@ -431,6 +494,11 @@ class Cluster:
     def observe(self, node: SimNode) -> None:
         raft = node.core()
         self.check_storage_agrees(node, raft)
+        if raft.state != "follower":
+            self.check_campaigner(node, raft.term, raft.state)
+        elif self.roles.get(node.node_id) == "leader" and not raft.promotable:
+            self.record("removed leader stepped down", node.node_id)
+        self.roles[node.node_id] = raft.state
         self.raft_checker.on_role(node.node_id, raft.state, raft.term, raft)
         self.raft_checker.on_commit(
             node.node_id, raft.commit_index, raft.term, raft, self.leader_logs
@@ -465,6 +533,49 @@ class Cluster:
                 f"{raft.term_at(raft.last_index)}, stored last {stored_last} term "
                 f"{node.storage.term_at(stored_last)}",
             )
+
+    def check_campaigner(self, node: SimNode, term: int, how: str) -> None:
+        """Only a voter of its own configuration (as its stored log says) may campaign.
+
+        Checked when a vote request leaves and when a node is first seen campaigning or
+        leading in a term (a lone voter wins without sending anything); a leader is
+        first seen right after its election, before it could propose its own removal.
+        """
+        # A campaign is checked again whenever the log changed; a leader only once, as it
+        # may append its own removal later.
+        log_at = 0 if how == "leader" else node.storage.last_index
+        key = (node.node_id, term, how, log_at)
+        if key in self._campaigns_checked:
+            return
+        self._campaigns_checked.add(key)
+        membership = self.stored_membership(node)
+        if not membership.is_voter(node.node_id):
+            raise violation(
+                "only voters campaign",
+                f"{node.node_id} ran a {how} campaign in term {term} with voters "
+                f"{membership.voters} learners {membership.learners}",
+            )
+
+    def stored_membership(self, node: SimNode) -> Membership:
+        """The latest config entry in the stored log, else the snapshot's, else bootstrap."""
+        for entry in reversed(node.storage.entries):
+            if entry.kind == "config":
+                return decode_membership(entry.data)
+        snap = node.storage.snapshot
+        recorded = snapshot_membership(snap.voters, snap.learners) if snap else None
+        return recorded or self.bootstrap_membership(node.node_id)
+
+    def bootstrap_membership(self, node_id: str) -> Membership:
+        if node_id in self.initial_voters:
+            return Membership.of(self.initial_voters)
+        return NO_MEMBERSHIP
+
+    def appliers(self) -> list[SimNode]:
+        """The nodes that must apply every committed entry: members of the leader's
+        configuration (every node, without membership changes), retired ones aside."""
+        leader = self.leader()
+        members = self.nodes[leader].core().membership.members if leader else self.ids
+        return [self.nodes[n] for n in members if not self.nodes[n].retired]
 
     def check_tables(self) -> None:
         """Every live table equals the reference at its applied index (costly: run ends)."""
@@ -521,11 +632,13 @@ class Cluster:
 
     def describe(self, node: SimNode) -> str:
         if node.raft is None:
-            return f"{node.node_id} down (stored term {node.storage.hard_state.term})"
+            down = "retired" if node.retired else "down"
+            return f"{node.node_id} {down} (stored term {node.storage.hard_state.term})"
         r = node.raft
         return (
             f"{node.node_id} {r.state} term {r.term} commit {r.commit_index} applied "
-            f"{node.applied} log {r.first_index}..{r.last_index}"
+            f"{node.applied} log {r.first_index}..{r.last_index} voters {','.join(r.voters)}"
+            f" learners {','.join(r.learners) or '-'}"
         )
 
     def run(self, steps: int) -> None:

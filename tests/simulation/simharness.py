@@ -5,6 +5,9 @@ derived from its seed, so `SIM_SEED=<seed>` alone replays a failure step for ste
 Each concern draws from its own random stream (`"<seed>:faults"`, `"<seed>:clients"`,
 ...) so turning one fault class off in `minimise` leaves the others' choices alone as
 far as possible.
+
+Seeds from `MEMBER_SEED_BASE` on change the membership while everything else goes on:
+six nodes of which three form the bootstrap configuration, driven by `simmembers`.
 """
 
 from __future__ import annotations
@@ -12,15 +15,18 @@ from __future__ import annotations
 import multiprocessing
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from simcheck import SimInvariantError
 from simcluster import CRASH_POINTS, Cluster, ClusterConfig
+from simmembers import MemberPlan, MembershipDriver
 from simnet import NetConfig
 from simworkload import LockClients, WorkloadConfig
+
+from distcluster_worker.raft.errors import NotLeader
 
 REPLAY_HINT = "replay with: SIM_SEED={seed} pytest tests/simulation -k replay"
 
@@ -61,6 +67,10 @@ PROFILE_WEIGHTS = {"calm": 1, "lossy": 2, "partitions": 3, "crashes": 3, "chaos"
 
 # Seeds from here on run the lock-heavy flavour: more contention, more traffic.
 LOCK_SEED_BASE = 1_000_000
+# Seeds from here on change the membership (3 -> 5 -> 3 style) among six nodes.
+MEMBER_SEED_BASE = 3_000_000  # (2_000_000 on are the cache simulation's seeds)
+MEMBER_NODES = 6
+MEMBER_BOOTSTRAP_VOTERS = 3
 RAFT_WORKLOAD = WorkloadConfig()
 LOCK_WORKLOAD = WorkloadConfig(resources=2, owners=5, rate=0.5, read_rate=0.0)
 
@@ -83,9 +93,28 @@ class SimSpec:
     check_quorum: bool = True
     workload: WorkloadConfig = RAFT_WORKLOAD
     liveness_steps: int = 300
+    voters: int = 0  # bootstrap voters among the nodes (0: all)
+    members: MemberPlan | None = None  # membership changes, for membership seeds
 
     @staticmethod
     def from_seed(seed: int, size: int | None = None) -> SimSpec:
+        spec = SimSpec._draw(seed, size)
+        if seed < MEMBER_SEED_BASE:
+            return spec
+        rng = random.Random(f"{seed}:members")
+        return replace(
+            spec,
+            size=MEMBER_NODES,
+            voters=MEMBER_BOOTSTRAP_VOTERS,
+            steps=rng.randint(300, 500),
+            members=MemberPlan.from_rng(rng),
+            # A node added late copies the whole log (no snapshot when snapshot_entries
+            # is large) at max_entries_per_append per round trip: give it the time.
+            liveness_steps=800,
+        )
+
+    @staticmethod
+    def _draw(seed: int, size: int | None) -> SimSpec:
         rng = random.Random(f"{seed}:spec")
         names = sorted(PROFILE_WEIGHTS)
         name = rng.choices(names, weights=[PROFILE_WEIGHTS[n] for n in names])[0]
@@ -102,7 +131,7 @@ class SimSpec:
             max_inflight_appends=rng.choice((1, 4)),
             pre_vote=rng.random() < 0.8,
             check_quorum=rng.random() < 0.8,
-            workload=LOCK_WORKLOAD if seed >= LOCK_SEED_BASE else RAFT_WORKLOAD,
+            workload=LOCK_WORKLOAD if LOCK_SEED_BASE <= seed < MEMBER_SEED_BASE else RAFT_WORKLOAD,
         )
 
     def cluster_config(self) -> ClusterConfig:
@@ -119,6 +148,7 @@ class SimSpec:
             pre_vote=self.pre_vote,
             check_quorum=self.check_quorum,
             net=net,
+            voters=self.voters,
         )
 
 
@@ -171,7 +201,7 @@ class FaultInjector:
         if self.rng.random() < p.torn_rate:
             self.crash(cluster, torn=True)
         for node in list(cluster.nodes.values()):
-            if not node.alive and self.rng.random() < p.restart_rate:
+            if not node.alive and not node.retired and self.rng.random() < p.restart_rate:
                 cluster.start(node.node_id)
 
     def partition(self, cluster: Cluster) -> None:
@@ -202,7 +232,7 @@ class FaultInjector:
 
     def crash(self, cluster: Cluster, torn: bool) -> None:
         live = [n.node_id for n in cluster.live_nodes()]
-        down = len(cluster.ids) - len(live)
+        down = sum(1 for n in cluster.nodes.values() if not n.alive and not n.retired)
         if not live or down >= self.profile.max_down:
             return
         victim = self.rng.choice(live)
@@ -220,15 +250,21 @@ def run_spec(spec: SimSpec) -> RunStats:
     cluster = Cluster(spec.seed, spec.cluster_config())
     clients = LockClients(random.Random(f"{spec.seed}:clients"), spec.workload)
     faults = FaultInjector(random.Random(f"{spec.seed}:faults"), spec.profile)
+    members = None
+    if spec.members is not None:
+        members = MembershipDriver(random.Random(f"{spec.seed}:members"), spec.members)
     stats = RunStats(spec)
     try:
         cluster.boot()
         for _ in range(spec.steps):
             faults.step(cluster)
             clients.step(cluster)
+            if members is not None:
+                members.step(cluster)
             cluster.step()
         cluster.check_logs_fully()
-        stats.liveness_steps = check_liveness(cluster, clients, spec.liveness_steps)
+        settle = members.settle if members is not None else None
+        stats.liveness_steps = check_liveness(cluster, clients, spec.liveness_steps, settle)
         cluster.check_logs_fully()
         cluster.check_tables()
     except SimInvariantError as exc:
@@ -257,6 +293,8 @@ def _collect(stats: RunStats, cluster: Cluster) -> RunStats:
     stats.grants = cluster.locks.model.grants
     stats.snapshots_installed = cluster.delivered_kinds.get("SnapshotRequest", 0)
     stats.events = {k: v for k, v in cluster.counts.items() if k not in ("send", "recv")}
+    if "TimeoutNow" in cluster.delivered_kinds:
+        stats.events["delivered TimeoutNow"] = cluster.delivered_kinds["TimeoutNow"]
     stats.net = dict(vars(cluster.net.stats))
     return stats
 
@@ -265,32 +303,47 @@ def _collect(stats: RunStats, cluster: Cluster) -> RunStats:
 
 
 def heal_all(cluster: Cluster) -> None:
-    """Mend the network, make it reliable, and restart every crashed node."""
+    """Mend the network, make it reliable, and restart every crashed (not retired) node."""
     cluster.heal()
     cluster.net.config = NetConfig(min_delay=1, max_delay=2)
     for node in cluster.nodes.values():
         node.crash_at = None
-        if not node.alive:
+        if not node.alive and not node.retired:
             cluster.start(node.node_id)
 
 
-def check_liveness(cluster: Cluster, clients: LockClients, bound: int) -> int:
-    """After healing, a leader must commit a fresh command and every node must apply it."""
+def check_liveness(
+    cluster: Cluster,
+    clients: LockClients,
+    bound: int,
+    settle: Callable[[Cluster], None] | None = None,
+) -> int:
+    """After healing, a leader must commit a fresh command and every member must apply it.
+
+    `settle` runs before every step (the membership driver retiring removed nodes).
+    """
     heal_all(cluster)
     start = cluster.now
-    final_index = commit_final_command(cluster, clients, bound)
-    while any(n.applied < final_index for n in cluster.nodes.values()):
+    final_index = commit_final_command(cluster, clients, bound, settle)
+    while any(n.applied < final_index for n in cluster.appliers()):
         if cluster.now - start >= bound:
-            lagging = {n.node_id: n.applied for n in cluster.nodes.values()}
+            lagging = {n.node_id: n.applied for n in cluster.appliers()}
             raise SimInvariantError(
                 "liveness", f"nodes did not all apply {final_index} in {bound} steps: {lagging}"
             )
         clients.propose_expiries(cluster)
+        if settle is not None:
+            settle(cluster)
         cluster.step()
     return cluster.now - start
 
 
-def commit_final_command(cluster: Cluster, clients: LockClients, bound: int) -> int:
+def commit_final_command(
+    cluster: Cluster,
+    clients: LockClients,
+    bound: int,
+    settle: Callable[[Cluster], None] | None = None,
+) -> int:
     proposed: dict[tuple[str, int], str] = {}
     deadline = cluster.now + bound
     while cluster.now < deadline:
@@ -298,11 +351,15 @@ def commit_final_command(cluster: Cluster, clients: LockClients, bound: int) -> 
         if leader is not None:
             key = (leader, cluster.nodes[leader].core().term)
             if key not in proposed:
-                proposed[key] = propose_final(cluster, leader, len(proposed))
+                request_id = propose_final(cluster, leader, len(proposed))
+                if request_id is not None:
+                    proposed[key] = request_id
         done = _applied_request(cluster, set(proposed.values()))
         if done is not None:
             return done
         clients.propose_expiries(cluster)
+        if settle is not None:
+            settle(cluster)
         cluster.step()
     raise SimInvariantError(
         "liveness",
@@ -311,7 +368,8 @@ def commit_final_command(cluster: Cluster, clients: LockClients, bound: int) -> 
     )
 
 
-def propose_final(cluster: Cluster, leader: str, attempt: int) -> str:
+def propose_final(cluster: Cluster, leader: str, attempt: int) -> str | None:
+    """Propose the liveness command; None while the leader hands over its leadership."""
     request_id = f"final-{attempt}"
     command: dict[str, Any] = {
         "op": "acquire",
@@ -323,7 +381,10 @@ def propose_final(cluster: Cluster, leader: str, attempt: int) -> str:
         "wait_ms": 0,
         "now_ms": cluster.now_ms(leader),
     }
-    cluster.propose(leader, [command])
+    try:
+        cluster.propose(leader, [command])
+    except NotLeader:
+        return None
     return request_id
 
 

@@ -26,6 +26,10 @@ def sim_lock_seeds() -> int:
     return env_int("SIM_LOCK_SEEDS", max(20, sim_seeds() // 10))
 
 
+def sim_member_seeds() -> int:
+    return env_int("SIM_MEMBER_SEEDS", max(20, sim_seeds() // 16))
+
+
 def sim_workers() -> int:
     return env_int("SIM_WORKERS", len(os.sched_getaffinity(0)))
 

@@ -333,7 +333,7 @@ def test_simulator_catches_a_leader_that_commits_old_entries_by_counting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def commit_any_majority(self: Any) -> None:
-        index = self._leader().quorum_match(self._log.stable_index, self._quorum)
+        index = self._leader().quorum_match(self._log.stable_index)
         if index > self._log.commit:
             self._log.commit_to(index)
 

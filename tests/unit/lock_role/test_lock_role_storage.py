@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 
@@ -9,7 +10,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from distcluster_worker.lock_role.storage import InMemoryRaftStorage, LogPlan, RedisRaftStorage
+from distcluster_worker.raft.confchange import Membership, encode_membership
 from distcluster_worker.raft.messages import Entry, HardState, Snapshot
+from distcluster_worker.raft.node import RaftConfig, RaftNode
 
 
 def _entries(first: int, count: int, term: int) -> list[Entry]:
@@ -89,5 +92,65 @@ async def test_restart_reads_back_hard_state_and_log(redis_url: str) -> None:
         assert restored.hard_state == HardState(3, "node1", 2)
         assert [e.index for e in restored.entries] == [1, 2, 3]
         assert restored.snapshot is None
+    finally:
+        await client.aclose()
+
+
+async def test_membership_survives_a_restart(redis_url: str) -> None:
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    key = f"test:{uuid.uuid4().hex}:raft:node3"
+    members = Membership(("node1", "node2"), ("node3",))
+    config = Entry(2, 3, "config", encode_membership(members))
+    snap = Snapshot(2, 2, "state", ("node1", "node2"))
+    try:
+        storage = RedisRaftStorage(client, key)
+        await storage.save(HardState(2, "node1", 3), [*_entries(1, 2, 2), config])
+        await storage.compact(snap)
+        restored = await RedisRaftStorage(client, key).load()
+        assert (restored.snapshot, restored.entries) == (snap, [config])
+        joined = RaftConfig(node_id="node3", voters=(), join=True)
+        assert RaftNode(joined, random.Random(0), restored).membership == members
+    finally:
+        await client.aclose()
+
+
+async def test_snapshot_written_before_learners_existed_still_loads(redis_url: str) -> None:
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    key = f"test:{uuid.uuid4().hex}:raft:node1"
+    old = {"last_index": 4, "last_term": 2, "data": "state", "voters": ["node1", "node2"]}
+    try:
+        await client.set(f"{key}:snapshot", json.dumps(old))
+        restored = await RedisRaftStorage(client, key).load()
+        assert restored.snapshot == Snapshot(4, 2, "state", ("node1", "node2"), ())
+    finally:
+        await client.aclose()
+
+
+async def test_only_a_plain_append_skips_the_transaction(redis_url: str) -> None:
+    """A new term or vote, a truncation or a snapshot go in MULTI/EXEC; appends at the end
+    with at most a new commit index go as a plain pipeline, and read back the same."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    key = f"test:{uuid.uuid4().hex}:raft:node3"
+    atomic: list[bool] = []
+    pipeline = client.pipeline
+
+    def spy(transaction: bool = True, shard_hint: str | None = None):  # type: ignore[no-untyped-def]
+        atomic.append(transaction)
+        return pipeline(transaction=transaction, shard_hint=shard_hint)
+
+    client.pipeline = spy  # type: ignore[method-assign]
+    try:
+        storage = RedisRaftStorage(client, key)
+        await storage.save(HardState(1, "node1", 0), _entries(1, 2, 1))  # vote: atomic
+        await storage.save(HardState(1, "node1", 2), _entries(3, 2, 1))  # commit only: plain
+        await storage.save(None, _entries(5, 1, 1))  # entries only: plain
+        await storage.save(HardState(2, None, 2), _entries(6, 1, 2))  # new term: atomic
+        await storage.save(None, _entries(5, 1, 2))  # truncates 5..6: atomic
+        assert atomic == [True, False, False, True, True]
+        restored = await RedisRaftStorage(client, key).load()
+        assert restored.hard_state == HardState(2, None, 2)
+        assert [(e.index, e.term) for e in restored.entries] == [(i, 1) for i in range(1, 5)] + [
+            (5, 2)
+        ]
     finally:
         await client.aclose()

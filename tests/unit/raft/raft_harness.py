@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from distcluster_worker.raft.messages import (
@@ -56,8 +56,7 @@ class MemStorage:
 
 
 def config(node_id: str, voters: Iterable[str], **overrides: object) -> RaftConfig:
-    base = RaftConfig(node_id=node_id, voters=tuple(voters))
-    return replace(base, **overrides)  # type: ignore[arg-type]
+    return RaftConfig(node_id=node_id, voters=tuple(voters), **overrides)  # type: ignore[arg-type]
 
 
 def drain(node: RaftNode, storage: MemStorage | None = None) -> Ready:
@@ -78,10 +77,21 @@ def drain(node: RaftNode, storage: MemStorage | None = None) -> Ready:
 
 
 class Cluster:
-    """Nodes wired together through an in-memory network that can cut links."""
+    """Nodes wired together through an in-memory network that can cut links.
 
-    def __init__(self, ids: Iterable[str] = ("a", "b", "c"), seed: int = 1, **cfg: object):
+    `voters` is the bootstrap configuration (all of `ids` by default); the other nodes
+    start with `join=True`, as a node being added to a running cluster does.
+    """
+
+    def __init__(
+        self,
+        ids: Iterable[str] = ("a", "b", "c"),
+        seed: int = 1,
+        voters: Iterable[str] | None = None,
+        **cfg: object,
+    ):
         self.ids = tuple(ids)
+        self.voters = tuple(voters) if voters is not None else self.ids
         self.cfg = cfg
         self.seed = seed
         self.storage = {i: MemStorage() for i in self.ids}
@@ -96,7 +106,8 @@ class Cluster:
 
     def start(self, node_id: str, restored: Restored | None = None) -> RaftNode:
         rng = random.Random(f"{self.seed}-{node_id}")
-        node = RaftNode(config(node_id, self.ids, **self.cfg), rng, restored)
+        join = node_id not in self.voters
+        node = RaftNode(config(node_id, self.voters, join=join, **self.cfg), rng, restored)
         self.nodes[node_id] = node
         return node
 

@@ -334,10 +334,12 @@ def test_ready_twice_without_advance_loses_nothing(cluster: Cluster) -> None:
     assert leader.ready().entries == []
 
 
-def test_step_ignores_messages_for_other_nodes_and_strangers() -> None:
+def test_step_ignores_messages_for_other_nodes_and_answers_from_strangers() -> None:
+    # A stranger's *request* may be a leader we do not know yet (test_raft_confchange).
     node = new_node("a")
     node.step(AppendRequest("b", "c", 9, 0, 0, (), 0))
-    node.step(AppendRequest("z", "a", 9, 0, 0, (), 0))
+    node.step(AppendResponse("z", "a", 9, True, match_index=3))
+    node.step(VoteResponse("z", "a", 9, True))
     assert (node.term, node.has_ready()) == (0, False)
 
 

@@ -15,6 +15,11 @@ ahead of `stable_index` on a follower: the shell persists a Ready before applyin
 Invariants checked here (they raise `RaftInvariantError`): indexes stay contiguous,
 terms never go down along the log, commit never goes down and never passes the log's
 end, and a committed entry is never truncated.
+
+Configurations. Every path that changes the entries (append, merge's truncation,
+install, compact) also tells `configs`, a `ConfigHistory`, so the latest configuration
+in the log is known at once and reverts when a truncation cuts its entry. Before any
+config entry, the configuration is the snapshot's, else the bootstrap one.
 """
 
 from __future__ import annotations
@@ -22,6 +27,12 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 
+from distcluster_worker.raft.confchange import (
+    NO_MEMBERSHIP,
+    ConfigHistory,
+    Membership,
+    snapshot_membership,
+)
 from distcluster_worker.raft.errors import check, present
 from distcluster_worker.raft.messages import Entry, Snapshot
 
@@ -34,11 +45,17 @@ class RaftLog:
     """Entries, snapshot and the commit/applied/stable watermarks of one node."""
 
     def __init__(
-        self, snapshot: Snapshot | None = None, entries: Sequence[Entry] = (), commit: int = 0
+        self,
+        snapshot: Snapshot | None = None,
+        entries: Sequence[Entry] = (),
+        commit: int = 0,
+        bootstrap: Membership = NO_MEMBERSHIP,
     ) -> None:
         self._snapshot = snapshot
         self._snap_index = snapshot.last_index if snapshot else 0
         self._snap_term = snapshot.last_term if snapshot else 0
+        self._bootstrap = bootstrap
+        self.configs = ConfigHistory(self._membership_of(snapshot), self._snap_index)
         self._entries: list[Entry] = []
         self._append_checked(entries)
         self.stable_index = self.last_index
@@ -49,6 +66,11 @@ class RaftLog:
         check(self.commit <= self.last_index, "restored commit is past the end of the log")
 
     # -- reading ------------------------------------------------------------------
+
+    @property
+    def membership(self) -> Membership:
+        """The latest configuration in the log, committed or not."""
+        return self.configs.latest
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -173,11 +195,14 @@ class RaftLog:
         if self.term_at(snapshot.last_index) == snapshot.last_term:
             self._entries = self.slice(snapshot.last_index + 1, self.last_index + 1)
             self.stable_index = max(self.stable_index, snapshot.last_index)
+            keep = True
         else:
             self._entries = []
             self.stable_index = snapshot.last_index
+            keep = False
         self._snapshot = snapshot
         self._snap_index, self._snap_term = snapshot.last_index, snapshot.last_term
+        self.configs.rebased(self._membership_of(snapshot), snapshot.last_index, keep)
         self.pending_snapshot = snapshot
         self.commit = snapshot.last_index
 
@@ -192,13 +217,28 @@ class RaftLog:
         check(index <= self.applied, f"compact {index} past applied {self.applied}")
         check(index <= self.stable_index, f"compact {index} past stable {self.stable_index}")
         check(self.term_at(index) == snapshot.last_term, "snapshot term does not match log")
+        membership = self.configs.as_of(index)
+        recorded = snapshot_membership(snapshot.voters, snapshot.learners)
+        check(recorded in (None, membership), "snapshot membership differs from the log's")
         self._entries = self.slice(index + 1, self.last_index + 1)
         self._snapshot = snapshot
         self._snap_index, self._snap_term = index, snapshot.last_term
+        self.configs.rebased(membership, index, keep_after=True)
+
+    def _membership_of(self, snapshot: Snapshot | None) -> Membership:
+        """A snapshot's membership; the bootstrap one if there is no snapshot or it has none.
+
+        Restart (`__init__`) and install use this one rule, so a node that restarts from a
+        snapshot it installed sees the configuration it saw before the restart.
+        """
+        if snapshot is None:
+            return self._bootstrap
+        return snapshot_membership(snapshot.voters, snapshot.learners) or self._bootstrap
 
     def _truncate_from(self, index: int) -> None:
         del self._entries[index - self._snap_index - 1 :]
         self.stable_index = min(self.stable_index, index - 1)
+        self.configs.truncated_from(index)
 
     def _append_checked(self, entries: Sequence[Entry]) -> None:
         last_index, last_term = self.last_index, self.last_term
@@ -207,6 +247,9 @@ class RaftLog:
             check(entry.term >= last_term, f"entry term {entry.term} below {last_term}")
             last_index, last_term = entry.index, entry.term
         self._entries.extend(entries)
+        for entry in entries:
+            if entry.kind == "config":
+                self.configs.appended(entry.index, entry.term, entry.data)
 
 
 def restorable_entries(snapshot: Snapshot | None, entries: Sequence[Entry]) -> list[Entry]:

@@ -2,20 +2,31 @@
 
 Everything here is an immutable value with a JSON-safe wire form, so the shell can
 send it over HTTP and the simulator can copy it freely. Payloads (`Entry.data`,
-`Snapshot.data`) are opaque text: the state machine's JSON.
+`Snapshot.data`) are opaque text: the state machine's JSON, except the data of a
+`config` entry, which is the new cluster membership (`confchange.encode_membership`).
+
+Compatibility. The same codec writes the snapshots and log entries the lock role keeps
+in Redis, and nodes of two versions talk during a rolling upgrade, so a field added
+later has a default and may be missing on the wire: a snapshot without `learners`
+(written before membership changes existed) decodes with none, a `VoteRequest` without
+`transfer` is an ordinary one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Literal, get_args
 
-EntryKind = Literal["noop", "command"]
+from distcluster_worker.raft.confchange import decode_membership
+
+EntryKind = Literal["noop", "command", "config"]
+ENTRY_KINDS: tuple[str, ...] = get_args(EntryKind)
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One log entry. `noop` entries are appended by a new leader to commit its term."""
+    """One log entry. `noop` entries are appended by a new leader to commit its term;
+    `config` entries carry a whole new membership (see `confchange`)."""
 
     term: int
     index: int
@@ -34,22 +45,31 @@ class HardState:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The state machine as of `last_index` (inclusive), which had term `last_term`."""
+    """The state machine as of `last_index` (inclusive), which had term `last_term`.
+
+    `voters` and `learners` are the membership as of `last_index`; no voters means the
+    snapshot records none (the node then falls back to its bootstrap configuration).
+    """
 
     last_index: int
     last_term: int
     data: str
     voters: tuple[str, ...] = ()
+    learners: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class VoteRequest:
+    """RequestVote. `transfer` marks the election a leader asked for (`TimeoutNow`):
+    voters grant it even while they still hear from that leader (thesis 3.10)."""
+
     src: str
     dst: str
     term: int
     last_log_index: int
     last_log_term: int
     pre_vote: bool = False
+    transfer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +133,25 @@ class SnapshotResponse:
     read_seq: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """Leadership transfer: the leader tells an up-to-date voter to start an election now."""
+
+    src: str
+    dst: str
+    term: int
+
+
 Message = (
-    VoteRequest | VoteResponse | AppendRequest | AppendResponse | SnapshotRequest | SnapshotResponse
+    VoteRequest
+    | VoteResponse
+    | AppendRequest
+    | AppendResponse
+    | SnapshotRequest
+    | SnapshotResponse
+    | TimeoutNow
 )
-REQUEST_TYPES = (VoteRequest, AppendRequest, SnapshotRequest)
+REQUEST_TYPES = (VoteRequest, AppendRequest, SnapshotRequest, TimeoutNow)
 RESPONSE_TYPES = (VoteResponse, AppendResponse, SnapshotResponse)
 
 
@@ -154,8 +189,10 @@ _TYPES: dict[str, type[Any]] = {
         AppendResponse,
         SnapshotRequest,
         SnapshotResponse,
+        TimeoutNow,
     )
 }
+_BOOLEANS = ("success", "granted", "pre_vote", "transfer")
 
 
 class WireError(ValueError):
@@ -170,10 +207,15 @@ def entry_from_wire(raw: Any) -> Entry:
     if not isinstance(raw, list) or len(raw) != 4:
         raise WireError("entry must be [term, index, kind, data]")
     term, index, kind, data = raw
-    if not (_is_count(term) and _is_count(index) and kind in ("noop", "command")):
+    if not (_is_count(term) and _is_count(index) and kind in ENTRY_KINDS):
         raise WireError("entry has a bad term, index or kind")
     if not isinstance(data, str):
         raise WireError("entry data must be text")
+    if kind == "config":
+        try:
+            decode_membership(data)
+        except ValueError as exc:
+            raise WireError(f"config entry {index}: {exc}") from None
     return Entry(term=term, index=index, kind=kind, data=data)
 
 
@@ -183,6 +225,7 @@ def snapshot_to_wire(snapshot: Snapshot) -> dict[str, Any]:
         "last_term": snapshot.last_term,
         "data": snapshot.data,
         "voters": list(snapshot.voters),
+        "learners": list(snapshot.learners),
     }
 
 
@@ -191,14 +234,24 @@ def snapshot_from_wire(raw: Any) -> Snapshot:
         raise WireError("snapshot must be an object")
     try:
         last_index, last_term, data = raw["last_index"], raw["last_term"], raw["data"]
-        voters = raw.get("voters", [])
+        voters, learners = raw.get("voters", []), raw.get("learners", [])
     except KeyError as exc:
         raise WireError(f"snapshot lacks {exc}") from None
     if not (_is_count(last_index) and _is_count(last_term) and isinstance(data, str)):
         raise WireError("snapshot has a bad index, term or data")
-    if not isinstance(voters, list) or not all(isinstance(v, str) for v in voters):
-        raise WireError("snapshot voters must be a list of node ids")
-    return Snapshot(last_index=last_index, last_term=last_term, data=data, voters=tuple(voters))
+    for group in (voters, learners):
+        if not isinstance(group, list) or not all(isinstance(v, str) and v for v in group):
+            raise WireError("snapshot voters and learners must be lists of node ids")
+    distinct = len(set(voters) | set(learners)) == len(voters) + len(learners)
+    if not distinct or (learners and not voters):
+        raise WireError("snapshot membership is inconsistent")
+    return Snapshot(
+        last_index=last_index,
+        last_term=last_term,
+        data=data,
+        voters=tuple(sorted(voters)),
+        learners=tuple(sorted(learners)),
+    )
 
 
 def message_to_wire(msg: Message) -> dict[str, Any]:
@@ -222,10 +275,12 @@ def message_from_wire(raw: Any) -> Message:
     if cls is None:
         raise WireError(f"unknown message type {raw.get('type')!r}")
     kwargs: dict[str, Any] = {}
-    for name in cls.__slots__:
-        if name not in raw:
+    for spec in fields(cls):
+        name = spec.name
+        if name in raw:
+            kwargs[name] = _field_from_wire(name, raw[name])
+        elif spec.default is MISSING:
             raise WireError(f"{cls.__name__} lacks {name!r}")
-        kwargs[name] = _field_from_wire(name, raw[name])
     message: Message = cls(**kwargs)
     return message
 
@@ -241,7 +296,7 @@ def _field_from_wire(name: str, value: Any) -> Any:
         if not isinstance(value, str) or not value:
             raise WireError(f"{name} must be a node id")
         return value
-    if name in ("success", "granted", "pre_vote"):
+    if name in _BOOLEANS:
         if not isinstance(value, bool):
             raise WireError(f"{name} must be a boolean")
         return value

@@ -25,6 +25,19 @@ Choices worth knowing, each from the Raft thesis or etcd:
   majority answered a message carrying a `read_seq` sent after the read arrived.
 - A rejected AppendResponse carries the rejected `prev_log_index` in `match_index`, so
   the leader can tell a stale rejection from a fresh one.
+- Membership changes (thesis chapter 4, one server at a time; see `confchange.py`):
+  the configuration is the latest one in the log, committed or not, so it changes on
+  append and reverts on truncation. A node campaigns only while it is a voter in it
+  (etcd's "promotable"): learners, joining nodes and removed nodes never do. Messages
+  are taken from anyone who may need to be heard: a leader we do not know yet (we may
+  lag behind the entry that added it), a candidate (PreVote and the lease keep removed
+  nodes from disrupting); only answers from non-members are dropped. A leader proposes
+  a change only once its earlier change and an entry of its own term are committed,
+  and steps down once its own removal is committed.
+- Leadership transfer (thesis 3.10): the leader stops taking proposals, brings the
+  target's log up to date, and sends it `TimeoutNow`; the target campaigns at once,
+  without PreVote, with `transfer` set so voters grant it despite their lease. The
+  transfer is abandoned after an election timeout.
 - Invariants that must hold are checked with `errors.check`, which raises
   `RaftInvariantError`; odd but well-typed input (stale, duplicated, reordered or
   malformed messages) is ignored instead.
@@ -41,9 +54,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from distcluster_worker.raft.errors import NotLeader, RaftInvariantError, check, present
+from distcluster_worker.raft.confchange import (
+    NO_MEMBERSHIP,
+    ConfChange,
+    Membership,
+    decode_membership,
+    encode_membership,
+    snapshot_membership,
+)
+from distcluster_worker.raft.errors import (
+    ConfChangeInProgress,
+    InvalidConfChange,
+    NotLeader,
+    RaftInvariantError,
+    TransferInProgress,
+    check,
+    present,
+)
 from distcluster_worker.raft.log import RaftLog, restorable_entries
 from distcluster_worker.raft.messages import (
+    RESPONSE_TYPES,
     AppendRequest,
     AppendResponse,
     Entry,
@@ -54,34 +84,57 @@ from distcluster_worker.raft.messages import (
     Snapshot,
     SnapshotRequest,
     SnapshotResponse,
+    TimeoutNow,
     VoteRequest,
     VoteResponse,
 )
 from distcluster_worker.raft.replication import Replicator
 
-__all__ = ["NotLeader", "RaftConfig", "RaftInvariantError", "RaftNode", "Restored", "State"]
+__all__ = [
+    "ConfChange",
+    "ConfChangeInProgress",
+    "InvalidConfChange",
+    "Membership",
+    "NotLeader",
+    "RaftConfig",
+    "RaftInvariantError",
+    "RaftNode",
+    "Restored",
+    "State",
+    "TransferInProgress",
+]
 
 State = Literal["follower", "pre_candidate", "candidate", "leader"]
 
 
 @dataclass(frozen=True)
 class RaftConfig:
+    """Static settings. `voters` is the bootstrap configuration, used until the log or
+    a snapshot holds one; with `join` the node starts with no configuration at all (it
+    is being added to a running cluster) and learns it from the leader's log."""
+
     node_id: str
-    voters: tuple[str, ...]  # every voter, including node_id
+    voters: tuple[str, ...]  # the bootstrap voters, including node_id unless `join`
     election_timeout_ticks: int = 10  # randomized per election in [t, 2t)
     heartbeat_ticks: int = 1
     max_entries_per_append: int = 512
     max_inflight_appends: int = 4
     pre_vote: bool = True
     check_quorum: bool = True
+    join: bool = False
 
     def __post_init__(self) -> None:
-        if self.node_id not in self.voters or len(set(self.voters)) != len(self.voters):
-            raise ValueError("voters must be distinct and include node_id")
+        if len(set(self.voters)) != len(self.voters) or not all(self.voters):
+            raise ValueError("voters must be distinct node ids")
+        if not self.join and self.node_id not in self.voters:
+            raise ValueError("voters must include node_id (or set join=True)")
         if not 1 <= self.heartbeat_ticks < self.election_timeout_ticks:
             raise ValueError("need 1 <= heartbeat_ticks < election_timeout_ticks")
         if self.max_entries_per_append < 1 or self.max_inflight_appends < 1:
             raise ValueError("max_entries_per_append and max_inflight_appends must be >= 1")
+
+    def bootstrap_membership(self) -> Membership:
+        return NO_MEMBERSHIP if self.join else Membership.of(self.voters)
 
 
 @dataclass(frozen=True)
@@ -109,12 +162,11 @@ class RaftNode:
         self._config = config
         self._rng = rng
         self._id = config.node_id
-        # The one place the voter set lives (membership changes will replace it).
-        self._voters: tuple[str, ...] = tuple(sorted(config.voters))
         hard = restored.hard_state if restored else HardState()
         snapshot = restored.snapshot if restored else None
         entries = restorable_entries(snapshot, restored.entries) if restored else []
-        self._log = RaftLog(snapshot, entries, hard.commit)
+        # The configuration lives in the log (see `RaftLog.configs`), nowhere else.
+        self._log = RaftLog(snapshot, entries, hard.commit, config.bootstrap_membership())
         self._term = hard.term
         self._voted_for = hard.voted_for
         check(self._log.last_term <= self._term, "restored log is ahead of the term")
@@ -130,6 +182,8 @@ class RaftNode:
         self._read_states: list[ReadState] = []
         self._reads_waiting: list[int] = []
         self._reads: list[_PendingRead] = []
+        self._transfer: str | None = None
+        self._transfer_elapsed = 0
         self._reset()
 
     # -- read-only view -----------------------------------------------------------
@@ -175,8 +229,37 @@ class RaftNode:
         return self._log.snapshot
 
     @property
+    def membership(self) -> Membership:
+        """The configuration in force: the latest one in the log, committed or not."""
+        return self._log.membership
+
+    @property
+    def committed_membership(self) -> Membership:
+        """The latest committed configuration: once it leaves this node out, the shell
+        may stop the node (it was removed); until then it may still be needed."""
+        return self._log.configs.as_of(self._log.commit)
+
+    @property
     def voters(self) -> tuple[str, ...]:
-        return self._voters
+        return self._log.membership.voters
+
+    @property
+    def learners(self) -> tuple[str, ...]:
+        return self._log.membership.learners
+
+    @property
+    def config_index(self) -> int:
+        """Index of the latest config entry (the snapshot's index, or 0, if none)."""
+        return self._log.configs.latest_index
+
+    @property
+    def promotable(self) -> bool:
+        """Whether this node may campaign: it is a voter in its own configuration."""
+        return self._log.membership.is_voter(self._id)
+
+    @property
+    def transfer_target(self) -> str | None:
+        return self._transfer
 
     def term_at(self, index: int) -> int | None:
         return self._log.term_at(index)
@@ -195,10 +278,20 @@ class RaftNode:
             "last_applied": self._log.applied,
             "last_index": self._log.last_index,
             "snapshot_index": self._log.snapshot_index,
+            "voters": list(self.voters),
+            "learners": list(self.learners),
+            "config_index": self.config_index,
         }
         if self._repl is not None:
+            learners = self.learners
+            status["transfer_target"] = self._transfer
             status["progress"] = {
-                peer: {"match": pr.match, "next": pr.next, "state": pr.state}
+                peer: {
+                    "match": pr.match,
+                    "next": pr.next,
+                    "state": pr.state,
+                    "learner": peer in learners,
+                }
                 for peer, pr in self._repl.progress.items()
             }
         return status
@@ -213,8 +306,10 @@ class RaftNode:
 
     def step(self, msg: Message) -> None:
         """Handle one message; stale, duplicated or malformed ones are ignored."""
-        if msg.dst != self._id or msg.src == self._id or msg.src not in self._voters:
+        if msg.dst != self._id or msg.src == self._id:
             return
+        if isinstance(msg, RESPONSE_TYPES) and not self._log.membership.is_member(msg.src):
+            return  # an answer from a node that is no member (any more) counts for nothing
         if msg.term > self._term:
             if not self._step_higher_term(msg):
                 return
@@ -229,13 +324,73 @@ class RaftNode:
 
     def propose_many(self, datas: Sequence[str]) -> list[int]:
         """Append commands (leader only) and send them, batched, to every follower."""
-        if self._state != "leader":
-            raise NotLeader(self._leader_id)
+        self._check_proposals_open()
         start = self._log.last_index + 1
         entries = [Entry(self._term, start + i, "command", d) for i, d in enumerate(datas)]
         self._log.append(entries)
         self._leader().bcast_append()
         return [entry.index for entry in entries]
+
+    def propose_conf_change(self, change: ConfChange) -> int:
+        """Append a config entry for `change` (leader only); returns its index.
+
+        Raises `NotLeader` (or `TransferInProgress`), `ConfChangeInProgress` while an
+        earlier config entry or this leader's first entry of its term is uncommitted,
+        and `InvalidConfChange` if the change does not apply to the latest configuration.
+        The new configuration is in force from this moment, on this node and on each
+        follower as soon as it stores the entry.
+        """
+        self._check_proposals_open()
+        if self._log.term_at(self._log.commit) != self._term:
+            raise ConfChangeInProgress("term_uncommitted")
+        if self._log.configs.latest_index > self._log.commit:
+            raise ConfChangeInProgress("config_uncommitted")
+        membership = self._log.membership.apply(change)
+        index = self._log.last_index + 1
+        self._log.append([Entry(self._term, index, "config", encode_membership(membership))])
+        repl = self._leader()
+        repl.set_membership(membership)
+        repl.bcast_append()
+        self._after_progress()  # fewer voters may already hold a majority of the log
+        self._check_invariants()
+        return index
+
+    def learner_caught_up(self, node_id: str) -> bool:
+        """Whether learner `node_id` holds every committed entry (leader only).
+
+        The shell promotes a learner only once this holds, so the new voter does not
+        leave the cluster short of a working majority while it catches up.
+        """
+        if self._state != "leader":
+            raise NotLeader(self._leader_id)
+        if not self._log.membership.is_learner(node_id):
+            raise InvalidConfChange("not_learner", node_id)
+        pr = self._leader().progress[node_id]
+        return pr.state == "replicate" and pr.match >= self._log.commit
+
+    def transfer_leadership(self, target: str) -> None:
+        """Hand leadership to voter `target` (thesis 3.10); leader only.
+
+        Proposals are refused (`TransferInProgress`) until the target wins its election
+        (this node then steps down on its vote request) or an election timeout passes.
+        """
+        if self._state != "leader":
+            raise NotLeader(self._leader_id)
+        if target == self._id or target == self._transfer:
+            return
+        if not self._log.membership.is_voter(target):
+            raise InvalidConfChange("not_voter", target)
+        self._transfer, self._transfer_elapsed = target, 0
+        repl = self._leader()
+        pr = repl.progress[target]
+        if pr.match == self._log.last_index:
+            self._send(TimeoutNow(self._id, target, self._term))
+            return
+        if pr.state == "replicate":
+            # Resend from what is known to match instead of waiting for a stalled pipeline
+            # to time out: the transfer itself gives up after one election timeout.
+            pr.become_probe()
+        repl.send_append(target)
 
     def read_index(self, ctx: int) -> None:
         """Start a linearizable read; a `ReadState(ctx, index)` follows in `ready()`."""
@@ -253,7 +408,8 @@ class RaftNode:
         if index > self._log.applied:
             raise ValueError(f"cannot compact to {index}: applied is {self._log.applied}")
         term = present(self._log.term_at(index), f"no term at applied index {index}")
-        self._log.compact(Snapshot(index, term, data, self._voters))
+        members = self._log.configs.as_of(index)
+        self._log.compact(Snapshot(index, term, data, members.voters, members.learners))
 
     # -- Ready ----------------------------------------------------------------------
 
@@ -297,21 +453,19 @@ class RaftNode:
         handed = {id(r) for r in ready.read_states}
         self._read_states = [r for r in self._read_states if id(r) not in handed]
         if self._state == "leader":
-            self._maybe_commit()
+            self._after_progress()
         self._check_invariants()
 
     def _hard_state(self) -> HardState:
         return HardState(self._term, self._voted_for, self._log.commit)
 
+    def _check_proposals_open(self) -> None:
+        if self._state != "leader":
+            raise NotLeader(self._leader_id)
+        if self._transfer is not None:
+            raise TransferInProgress(self._transfer)
+
     # -- roles ----------------------------------------------------------------------
-
-    @property
-    def _peers(self) -> tuple[str, ...]:
-        return tuple(v for v in self._voters if v != self._id)
-
-    @property
-    def _quorum(self) -> int:
-        return len(self._voters) // 2 + 1
 
     def _reset(self) -> None:
         """Forget per-role state and draw a fresh randomized election timeout."""
@@ -323,6 +477,7 @@ class RaftNode:
         self._repl = None
         self._reads_waiting = []
         self._reads = []
+        self._transfer = None
 
     def _set_term(self, term: int) -> None:
         check(term >= self._term, f"term would go down from {self._term} to {term}")
@@ -346,7 +501,7 @@ class RaftNode:
             return
         self._request_votes(pre_vote=True)
 
-    def _become_candidate(self) -> None:
+    def _become_candidate(self, transfer: bool = False) -> None:
         self._set_term(self._term + 1)
         self._voted_for = self._id
         self._state = "candidate"
@@ -356,30 +511,36 @@ class RaftNode:
         if self._tally() == "won":
             self._become_leader()
             return
-        self._request_votes(pre_vote=False)
+        self._request_votes(pre_vote=False, transfer=transfer)
 
     def _become_leader(self) -> None:
         self._state = "leader"
         self._leader_id = self._id
         self._reset()
         limits = (self._config.max_entries_per_append, self._config.max_inflight_appends)
-        repl = Replicator(self._id, self._term, self._peers, self._log, limits, self._send)
+        membership = self._log.membership
+        repl = Replicator(self._id, self._term, membership, self._log, limits, self._send)
         self._repl = repl
         # The noop commits the new term, and with it every entry before it.
         self._log.append([Entry(self._term, self._log.last_index + 1, "noop")])
         repl.bcast_append()
 
-    def _request_votes(self, pre_vote: bool) -> None:
+    def _request_votes(self, pre_vote: bool, transfer: bool = False) -> None:
         term = self._term + 1 if pre_vote else self._term
         last_index, last_term = self._log.last_index, self._log.last_term
-        for peer in self._peers:
-            self._send(VoteRequest(self._id, peer, term, last_index, last_term, pre_vote))
+        for peer in self._log.membership.voters:
+            if peer != self._id:
+                self._send(
+                    VoteRequest(self._id, peer, term, last_index, last_term, pre_vote, transfer)
+                )
 
     def _tally(self) -> Literal["won", "lost", "pending"]:
+        """Count the votes of the voters of our configuration (only they are recorded)."""
+        quorum = self._log.membership.quorum
         granted = sum(1 for ok in self._votes.values() if ok)
-        if granted >= self._quorum:
+        if granted >= quorum:
             return "won"
-        if len(self._votes) - granted >= self._quorum:
+        if len(self._votes) - granted >= quorum:
             return "lost"
         return "pending"
 
@@ -387,7 +548,7 @@ class RaftNode:
 
     def _tick_election(self) -> None:
         self._election_elapsed += 1
-        if self._election_elapsed >= self._randomized_timeout:
+        if self._election_elapsed >= self._randomized_timeout and self.promotable:
             self._campaign()
 
     def _campaign(self) -> None:
@@ -403,9 +564,13 @@ class RaftNode:
         self._heartbeat_elapsed += 1
         if self._election_elapsed >= timeout:
             self._election_elapsed = 0
-            if self._config.check_quorum and not repl.quorum_active(self._quorum):
+            if self._config.check_quorum and not repl.quorum_active():
                 self._become_follower(self._term, None)
                 return
+        if self._transfer is not None:
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= timeout:
+                self._transfer = None  # the target did not take over: lead on
         repl.tick(timeout)
         if self._heartbeat_elapsed >= self._config.heartbeat_ticks:
             self._heartbeat_elapsed = 0
@@ -422,14 +587,14 @@ class RaftNode:
     def _step_higher_term(self, msg: Message) -> bool:
         """Apply the higher-term rule; False if the message is to be ignored."""
         if isinstance(msg, VoteRequest):
-            if self._in_lease(msg.pre_vote):
+            if not msg.transfer and self._in_lease(msg.pre_vote):
                 return False
             if not msg.pre_vote:
                 self._become_follower(msg.term, None)
             return True
         if isinstance(msg, VoteResponse) and msg.pre_vote and msg.granted:
             return True
-        is_leader_msg = isinstance(msg, AppendRequest | SnapshotRequest)
+        is_leader_msg = isinstance(msg, AppendRequest | SnapshotRequest | TimeoutNow)
         self._become_follower(msg.term, msg.src if is_leader_msg else None)
         return True
 
@@ -453,6 +618,8 @@ class RaftNode:
             self._handle_append(msg)
         elif isinstance(msg, SnapshotRequest):
             self._handle_snapshot(msg)
+        elif isinstance(msg, TimeoutNow):
+            self._handle_timeout_now()
         elif self._state == "leader" and isinstance(msg, AppendResponse):
             self._handle_append_response(msg)
         elif self._state == "leader" and isinstance(msg, SnapshotResponse):
@@ -483,6 +650,8 @@ class RaftNode:
                 return
         elif not (self._state == "candidate" and not msg.pre_vote):
             return
+        if not self._log.membership.is_voter(msg.src):
+            return  # a learner's vote does not count (its answer may still carry a term)
         self._votes.setdefault(msg.src, msg.granted)
         outcome = self._tally()
         if outcome == "lost":
@@ -491,6 +660,11 @@ class RaftNode:
             self._become_candidate()
         elif outcome == "won":
             self._become_leader()
+
+    def _handle_timeout_now(self) -> None:
+        """Our leader hands over: campaign at once, skipping PreVote (thesis 3.10)."""
+        if self._state == "follower" and self.promotable:
+            self._become_candidate(transfer=True)
 
     # -- replication: follower side ---------------------------------------------------
 
@@ -543,7 +717,7 @@ class RaftNode:
         self._send(reply)
 
     def _handle_snapshot(self, msg: SnapshotRequest) -> None:
-        if self._state == "leader" or msg.snapshot.last_term > msg.term:
+        if self._state == "leader" or not _snapshot_well_formed(msg):
             return
         self._follow(msg.src)
         if msg.snapshot.last_index > self._log.commit:
@@ -556,18 +730,28 @@ class RaftNode:
     # -- replication: leader side -----------------------------------------------------
 
     def _handle_append_response(self, msg: AppendResponse) -> None:
-        self._leader().on_append_response(msg)
-        self._maybe_commit()
-        self._check_reads()
+        repl = self._leader()
+        repl.on_append_response(msg)
+        target = repl.progress.get(msg.src)
+        if self._transfer == msg.src and target and target.match == self._log.last_index:
+            self._send(TimeoutNow(self._id, msg.src, self._term))
+        self._after_progress()
 
     def _handle_snapshot_response(self, msg: SnapshotResponse) -> None:
         self._leader().on_snapshot_response(msg)
+        self._after_progress()
+
+    def _after_progress(self) -> None:
+        """Followers' logs moved: commit, confirm reads, and leave if we were removed."""
         self._maybe_commit()
         self._check_reads()
+        removed = not self.promotable and self._log.commit >= self._log.configs.latest_index
+        if removed:
+            self._become_follower(self._term, None)
 
     def _maybe_commit(self) -> None:
         """Commit the highest index a majority stored, if it is of the current term."""
-        index = self._leader().quorum_match(self._log.stable_index, self._quorum)
+        index = self._leader().quorum_match(self._log.stable_index)
         if index > self._log.commit and self._log.term_at(index) == self._term:
             self._log.commit_to(index)
             if self._reads_waiting:
@@ -581,7 +765,7 @@ class RaftNode:
 
     def _start_reads(self, ctxs: list[int]) -> None:
         """Record reads at the current commit, confirmed by the next heartbeat round."""
-        if len(self._voters) == 1:
+        if self._log.membership.voters == (self._id,):
             self._read_states.extend(ReadState(ctx, self._log.commit) for ctx in ctxs)
             return
         repl = self._leader()
@@ -594,7 +778,7 @@ class RaftNode:
     def _check_reads(self) -> None:
         if not self._reads:
             return
-        acked = self._leader().quorum_read_seq(self._quorum)
+        acked = self._leader().quorum_read_seq()
         while self._reads and self._reads[0].seq <= acked:
             read = self._reads.pop(0)
             self._read_states.append(ReadState(read.ctx, read.index))
@@ -611,15 +795,41 @@ class RaftNode:
         check(log.last_term <= self._term, "log holds a term above the node's term")
         if self._state == "leader":
             check(self._leader_id == self._id, "a leader must name itself leader")
+            check(
+                self.promotable or self._log.configs.latest_index > log.commit,
+                "a leader stays on after its own removal committed",
+            )
+        elif self._state != "follower":
+            check(self.promotable, "a node campaigns without being a voter")
 
 
 def _well_formed(msg: AppendRequest) -> bool:
-    """Entries follow prev contiguously, with terms that never go down or pass msg.term."""
+    """Entries follow prev contiguously, with terms that never go down or pass msg.term,
+    and every config entry holds a membership."""
     if msg.prev_log_term > msg.term or (msg.prev_log_index == 0 and msg.prev_log_term != 0):
         return False
     index, term = msg.prev_log_index, msg.prev_log_term
     for entry in msg.entries:
         if entry.index != index + 1 or not term <= entry.term <= msg.term:
             return False
+        if entry.kind == "config" and not _decodes(entry.data):
+            return False
         index, term = entry.index, entry.term
     return True
+
+
+def _decodes(data: str) -> bool:
+    try:
+        decode_membership(data)
+    except ValueError:
+        return False
+    return True
+
+
+def _snapshot_well_formed(msg: SnapshotRequest) -> bool:
+    snap = msg.snapshot
+    try:
+        snapshot_membership(snap.voters, snap.learners)
+    except ValueError:
+        return False
+    return snap.last_term <= msg.term

@@ -11,8 +11,16 @@ What it decides (the node decides everything about terms and roles):
   the whole conflicting term, thesis 5.3), ignoring stale answers;
 - heartbeats: every follower gets exactly one message per round, so each round
   carries the commit index and the current `read_seq` to everybody;
-- which index a majority holds (the caller adds its own stable index), and whether a
-  majority was heard from (CheckQuorum).
+- which index a majority of the *voters* holds (the caller adds its own stable index),
+  whether a majority of them was heard from (CheckQuorum), and which ReadIndex round a
+  majority acknowledged.
+
+Membership. Learners get entries and snapshots like voters but never count towards a
+quorum. The leader itself counts only while it is a voter in the latest configuration:
+a leader whose own removal is in its log keeps leading until that entry commits, but
+the entry (and everything after it) must reach a majority of the others. The node
+calls `set_membership` whenever its configuration changes; answers from a node that is
+no longer a member find no progress and are dropped.
 
 A rejected AppendResponse carries the rejected `prev_log_index` in `match_index`. A
 rejection is fresh only if it is about where we currently probe (probe state) or above
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from distcluster_worker.raft.confchange import Membership
 from distcluster_worker.raft.errors import present
 from distcluster_worker.raft.log import RaftLog
 from distcluster_worker.raft.messages import (
@@ -43,7 +52,7 @@ class Replicator:
         self,
         node_id: str,
         term: int,
-        peers: tuple[str, ...],
+        membership: Membership,
         log: RaftLog,
         limits: tuple[int, int],
         send: Callable[[Message], None],
@@ -53,10 +62,21 @@ class Replicator:
         self._log = log
         self._max_entries, self._max_inflight = limits
         self._send = send
-        self.progress = {peer: Progress(match=0, next=log.last_index + 1) for peer in peers}
+        self.progress: dict[str, Progress] = {}
+        self._membership = membership
+        self.set_membership(membership)
         # ReadIndex rounds: the latest one started, and the latest handed to the shell.
         self.read_seq = 0
         self.read_seq_out = 0
+
+    def set_membership(self, membership: Membership) -> None:
+        """Track every member but this node; forget the ones that left."""
+        peers = [p for p in membership.members if p != self._id]
+        for gone in [p for p in self.progress if p not in peers]:
+            del self.progress[gone]
+        for peer in peers:
+            self.progress.setdefault(peer, Progress(match=0, next=self._log.last_index + 1))
+        self._membership = membership
 
     # -- sending ------------------------------------------------------------------
 
@@ -170,18 +190,23 @@ class Replicator:
         for pr in self.progress.values():
             pr.tick(stall_limit)
 
-    def quorum_match(self, own_stable: int, quorum: int) -> int:
-        """The highest index stored by a quorum, the leader counting its stable index."""
-        return quorum_value([own_stable] + [pr.match for pr in self.progress.values()], quorum)
+    def quorum_match(self, own_stable: int) -> int:
+        """The highest index stored by a quorum of voters, the leader counting its stable index."""
+        matches = {peer: pr.match for peer, pr in self.progress.items()}
+        return quorum_value(self._voter_values(matches, own_stable), self._membership.quorum)
 
-    def quorum_read_seq(self, quorum: int) -> int:
-        """The highest read round acknowledged by a quorum (the leader acks its own)."""
-        acks = [self.read_seq] + [pr.read_seq for pr in self.progress.values()]
-        return quorum_value(acks, quorum)
+    def quorum_read_seq(self) -> int:
+        """The highest read round acknowledged by a quorum of voters (the leader acks its own)."""
+        acks = {peer: pr.read_seq for peer, pr in self.progress.items()}
+        return quorum_value(self._voter_values(acks, self.read_seq), self._membership.quorum)
 
-    def quorum_active(self, quorum: int) -> bool:
-        """Whether a quorum (self included) was heard from since the last call."""
-        active = 1 + sum(1 for pr in self.progress.values() if pr.recent_active)
+    def quorum_active(self) -> bool:
+        """Whether a quorum of voters (self included) was heard from since the last call."""
+        heard = {peer: int(pr.recent_active) for peer, pr in self.progress.items()}
         for pr in self.progress.values():
             pr.recent_active = False
-        return active >= quorum
+        return sum(self._voter_values(heard, 1)) >= self._membership.quorum
+
+    def _voter_values(self, values: dict[str, int], own: int) -> list[int]:
+        """One value per voter: the peers' from `values`, this node's `own` if it votes."""
+        return [own if voter == self._id else values[voter] for voter in self._membership.voters]
