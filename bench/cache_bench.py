@@ -1,28 +1,36 @@
 """Cache hit ratio, throughput and latency on a Zipf workload, against a pass-through run.
 
 `python -m bench.cache_bench [--duration S] [--quick]` starts its own Redis (AOF,
-appendfsync everysec) and, one after the other, two 3-node cache clusters on free ports
-sharing that Redis, then prints one JSON document on stdout (progress goes to stderr).
-One uvloop client process, aiohttp keep-alive.
+appendfsync everysec) and two 3-node cache clusters on free ports sharing that Redis
+(each under its own cluster name, so its own keys), then prints one JSON document on
+stdout (progress goes to stderr). One uvloop client process, aiohttp keep-alive.
 
 Workload (issue 4): 10,000 keys `k0..k9999`, key rank drawn from a Zipf law (s = 1.1),
 90% GET / 10% PUT (100-byte string values), 16 closed-loop clients, client i talking to
 node i % 3. Every client draws from its own seeded generator, so every run replays the
 same per-client sequences (each run uses a prefix, as long as it had time for). The keys
-are preloaded once, straight into Redis in the cache store's layout (`val`, `ver` = 1),
-so both clusters start empty over the same data: preloading by 10,000 PUTs through the
+are preloaded, straight into Redis in the cache store's layout (`val`, `ver` = 1), so
+both clusters start empty over the same data: preloading by 10,000 PUTs through the
 cluster took about 90 s on the 2-core machine.
-Each run has an unmeasured warm-up of `WARMUP_S`, then `--duration` seconds measured;
-hit ratio and the other node counters are the difference of `/cache/stats`, summed over
-the three nodes, between the start and the end of the measured window.
 
-Three runs:
+Both clusters run at the same time and are measured in turn: an unmeasured warm-up of
+`WARMUP_S` each, then `ROUNDS` rounds of one segment per cluster, `--duration / ROUNDS`
+seconds each; each client's op stream goes on from segment to segment. Measuring the two
+one after the other made their ratio depend on whatever else the machine was doing in
+each half (two runs on a shared 2-core box gave 2.2 and 1.1); alternating segments puts
+such load on both alike. Hit ratio and the other node counters are the differences of
+`/cache/stats`, summed over the three nodes, across the measured segments.
+
+Three measurements:
 
 * `cached`: `CACHE_CAPACITY=1000` on every node (the issue's setting).
 * `pass_through`: the same nodes with `CACHE_CAPACITY=1`, so in effect every read misses
   and goes through the key's home to Redis: the cost of the same HTTP path with no cache.
-* `raw_redis`: redis.asyncio GET/SET against the same Redis, the same trace and client
-  count; a reference for what a client would get with no cache tier at all.
+* `raw_redis` (after both): redis.asyncio GET/SET against the same Redis, the same trace
+  and client count; a reference for what a client would get with no cache tier at all.
+
+`hit_ratio` counts reads served from the node's own copy; `reads_from_redis_fraction`
+counts reads that reached Redis (a miss served from a peer's copy did not).
 
 How to read the ratios: `read_ops_ratio_vs_pass_through` is the cached run's GETs/s over
 the pass-through run's (issue target: at least 1.3); `ops_ratio_vs_raw_redis` is the
@@ -30,6 +38,9 @@ cached run's ops/s over raw Redis's (the price of the HTTP tier and coherence).
 `reference_lru_hit_ratio` replays the ops the cached run executed (the clients'
 sequences interleaved round-robin) through one in-process LRU of one node's capacity;
 the issue's target is a cluster hit ratio within 5 points of it.
+`reference_coherent_hit_ratio` replays the same ops through an ideal 3-node coherent
+cache (an LRU per node, invalidation on writes, nothing else): what MESI over three
+nodes can reach at best on this trace.
 """
 
 from __future__ import annotations
@@ -63,11 +74,15 @@ READ_FRACTION = 0.9
 CLIENTS = 16
 VALUE_BYTES = 100
 WARMUP_S = 2.0
-STORE_PREFIX = "dc:bench:cache"  # {KEY_PREFIX}:{CLUSTER_NAME}:cache, the store's layout
+STORE_PREFIX = "dc"  # {KEY_PREFIX}:{CLUSTER_NAME}:cache:{key}, the store's layout
+ROUNDS = 4
 SEED = 20240611
 PERSISTENCE = "appendonly yes, appendfsync everysec"
 NODE_ENV = {"LOG_LEVEL": "WARNING"}
-STAT_COUNTERS = ("hits", "misses", "evictions", "invalidations_sent", "bus_reads")
+STAT_COUNTERS = (
+    "hits", "misses", "evictions", "invalidations_sent", "bus_reads", "home_memory_reads",
+    "home_graces", "renewals_refused",
+)  # fmt: skip
 
 Op = tuple[bool, int]  # (is_write, key index)
 Get = Callable[[int, int], Awaitable[bool]]
@@ -123,31 +138,75 @@ class OpStream:
         return self.buffer.pop()
 
 
+class Clients:
+    """The CLIENTS clients of one side: each keeps its seeded op stream across segments,
+    so a side's segments together are one uninterrupted trace."""
+
+    def __init__(self) -> None:
+        cum_weights = zipf_cum_weights(KEYS, ZIPF_S)
+        self.ops = [OpStream(i, cum_weights) for i in range(CLIENTS)]
+        self.values = [random.Random(SEED - i) for i in range(CLIENTS)]
+
+    async def run(self, get: Get, put: Put, duration_s: float, measure: Measure | None) -> None:
+        """CLIENTS closed loops for `duration_s`; recorded into `measure` unless None."""
+        started = time.perf_counter()
+        end = started + duration_s
+
+        async def client(index: int) -> None:
+            ops, values = self.ops[index], self.values[index]
+            while (began := time.perf_counter()) < end:
+                is_write, key = ops.next()
+                value = value_for(values) if is_write else ""
+                ok = await (put(index, key, value) if is_write else get(index, key))
+                if measure is None:
+                    continue
+                measure.trace[index].append((is_write, key))
+                if not ok:
+                    measure.errors += 1
+                else:
+                    done = time.perf_counter() - began
+                    (measure.put_s if is_write else measure.get_s).append(done)
+
+        await asyncio.gather(*(client(i) for i in range(CLIENTS)))
+        if measure is not None:
+            measure.elapsed_s += time.perf_counter() - started
+
+
 async def run_workload(get: Get, put: Put, duration_s: float, warmup_s: float) -> Measure:
     """CLIENTS closed loops for warmup_s (discarded) + duration_s (measured)."""
-    measure = Measure(trace=[[] for _ in range(CLIENTS)])
-    cum_weights = zipf_cum_weights(KEYS, ZIPF_S)
-    start = time.perf_counter()
-    measured_from = start + warmup_s
-    end = measured_from + duration_s
-
-    async def client(index: int) -> None:
-        ops = OpStream(index, cum_weights)
-        rng = random.Random(SEED - index)
-        while (began := time.perf_counter()) < end:
-            is_write, key = ops.next()
-            ok = await (put(index, key, value_for(rng)) if is_write else get(index, key))
-            if began < measured_from:
-                continue
-            measure.trace[index].append((is_write, key))
-            if not ok:
-                measure.errors += 1
-            else:
-                (measure.put_s if is_write else measure.get_s).append(time.perf_counter() - began)
-
-    await asyncio.gather(*(client(i) for i in range(CLIENTS)))
-    measure.elapsed_s = time.perf_counter() - measured_from
+    clients, measure = Clients(), Measure(trace=[[] for _ in range(CLIENTS)])
+    await clients.run(get, put, warmup_s, None)
+    await clients.run(get, put, duration_s, measure)
     return measure
+
+
+def reference_coherent_hit_ratio(trace: list[list[Op]], capacity: int) -> float:
+    """Hit ratio of reads replaying the same ops through an ideal coherent cluster: one LRU
+    of `capacity` per node (client i on node i % NODES, as in the run), a write keeping
+    the key on its node and dropping it on every other node (MESI's invalidation), with no
+    lease, no message and no race. The gap to `reference_lru_hit_ratio` is what splitting
+    the cache over nodes and invalidating costs by itself; the gap from it to the measured
+    ratio is the protocol's own."""
+    lrus: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(NODES)]
+    hits = reads = 0
+    for step in itertools.zip_longest(*trace):
+        for client, op in enumerate(step):
+            if op is None:
+                continue
+            is_write, key = op
+            lru = lrus[client % NODES]
+            if is_write:
+                for other in lrus:
+                    if other is not lru:
+                        other.pop(key, None)
+            else:
+                reads += 1
+                hits += key in lru
+            lru[key] = None
+            lru.move_to_end(key)
+            if len(lru) > capacity:
+                lru.popitem(last=False)
+    return hits / reads if reads else 0.0
 
 
 def reference_lru_hit_ratio(trace: list[list[Op]], capacity: int) -> float:
@@ -234,14 +293,14 @@ class RawRedis:
             await pipe.execute()
 
 
-async def preload_redis(redis_url: str) -> None:
+async def preload_redis(redis_url: str, cluster_name: str) -> None:
     """Write every key into Redis in the cache store's layout (hash with val and ver)."""
     client = aioredis.Redis.from_url(redis_url)
     rng = random.Random(SEED)
     try:
         async with client.pipeline(transaction=False) as pipe:
             for key in range(KEYS):
-                name = f"{STORE_PREFIX}:{key_name(key)}"
+                name = f"{STORE_PREFIX}:{cluster_name}:cache:{key_name(key)}"
                 pipe.execute_command("HSET", name, "val", value_for(rng), "ver", 1)
             await pipe.execute()
     finally:
@@ -251,19 +310,46 @@ async def preload_redis(redis_url: str) -> None:
 # -- clusters and runs -----------------------------------------------------------------
 
 
-def start_cluster(workdir: Path, redis_url: str, capacity: int) -> LocalCluster:
+def start_cluster(workdir: Path, redis_url: str, capacity: int, name: str) -> LocalCluster:
     cluster = LocalCluster(
         role="cache",
         nodes=NODES,
         base_port=free_port_block(NODES),
         redis_url=redis_url,
-        cluster_name="bench",
+        cluster_name=name,
         workdir=workdir,
         extra_env={**NODE_ENV, "CACHE_CAPACITY": str(capacity)},
         log_dir=workdir / "logs",
     )
-    cluster.start(wait_ready_s=60)
+    try:
+        cluster.start(wait_ready_s=60)
+    except BaseException:
+        cluster.stop()  # never leave the nodes that did start behind
+        raise
     return cluster
+
+
+@dataclass
+class Side:
+    """One cluster under test: its clients, what was measured and its counters' deltas."""
+
+    name: str
+    capacity: int
+    cache: ClusterCache
+    clients: Clients = field(default_factory=Clients)
+    measure: Measure = field(default_factory=lambda: Measure(trace=[[] for _ in range(CLIENTS)]))
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAT_COUNTERS, 0))
+
+    async def segment(self, duration_s: float) -> None:
+        before = await self.cache.stats()
+        await self.clients.run(self.cache.get, self.cache.put, duration_s, self.measure)
+        after = await self.cache.stats()
+        for name in STAT_COUNTERS:
+            self.counters[name] += after[name] - before[name]
+
+    def report(self) -> dict[str, Any]:
+        zero = dict.fromkeys(STAT_COUNTERS, 0)
+        return {"capacity": self.capacity, **run_report(self.measure, zero, self.counters)}
 
 
 def run_report(
@@ -283,33 +369,40 @@ def run_report(
         delta = {name: after[name] - before[name] for name in STAT_COUNTERS}
         reads = delta["hits"] + delta["misses"]
         report["hit_ratio"] = round(delta["hits"] / reads, 4) if reads else 0.0
+        memory = delta["home_memory_reads"]
+        report["reads_from_redis_fraction"] = round(memory / reads, 4) if reads else 0.0
         report["node_counters"] = delta
     return report
 
 
-async def cluster_run(
-    workdir: Path, redis_url: str, capacity: int, duration_s: float
-) -> tuple[dict[str, Any], Measure]:
-    cluster = await asyncio.to_thread(start_cluster, workdir, redis_url, capacity)
+async def interleaved(workdir: Path, redis_url: str, duration_s: float) -> tuple[Side, Side]:
+    """Both clusters up at once, measured in alternating segments, so that load from
+    anything else on the machine falls on both alike."""
+    specs = (("cached", CAPACITY), ("pass", PASS_THROUGH_CAPACITY))
+    clusters: list[LocalCluster] = []
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=30)
     try:
+        for name, cap in specs:
+            await preload_redis(redis_url, f"bench-{name}")
+            cluster = await asyncio.to_thread(
+                start_cluster, workdir / name, redis_url, cap, f"bench-{name}"
+            )
+            clusters.append(cluster)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            cache = ClusterCache(session, list(cluster.urls.values()))
-            await asyncio.sleep(1.0)  # let heartbeats settle the ring
-            before: dict[str, int] = {}
-
-            async def snapshot_after_warmup() -> None:
-                await asyncio.sleep(WARMUP_S)
-                before.update(await cache.stats())
-
-            snap = asyncio.create_task(snapshot_after_warmup())
-            measure = await run_workload(cache.get, cache.put, duration_s, WARMUP_S)
-            await snap
-            after = await cache.stats()
+            sides = [
+                Side(name, cap, ClusterCache(session, list(cluster.urls.values())))
+                for (name, cap), cluster in zip(specs, clusters, strict=True)
+            ]
+            await asyncio.sleep(1.0)  # let heartbeats settle the rings
+            for side in sides:
+                await side.clients.run(side.cache.get, side.cache.put, WARMUP_S, None)
+            for _ in range(ROUNDS):
+                for side in sides:
+                    await side.segment(duration_s / ROUNDS)
     finally:
-        await asyncio.to_thread(cluster.stop)
-    return {"capacity": capacity, **run_report(measure, before, after)}, measure
+        await asyncio.gather(*(asyncio.to_thread(c.stop) for c in clusters))
+    return sides[0], sides[1]
 
 
 async def raw_run(redis_url: str, duration_s: float) -> dict[str, Any]:
@@ -333,13 +426,14 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     redis.start()
     started = time.monotonic()
     try:
-        log(f"cached run (capacity {CAPACITY}), {WARMUP_S} s warm-up + {duration_s} s")
-        await preload_redis(redis.url)
-        cached, trace = await cluster_run(workdir / "cached", redis.url, CAPACITY, duration_s)
-        log(f"pass-through run (capacity {PASS_THROUGH_CAPACITY})")
-        passing, _ = await cluster_run(
-            workdir / "pass", redis.url, PASS_THROUGH_CAPACITY, duration_s
+        log(
+            f"cached (capacity {CAPACITY}) and pass-through (capacity {PASS_THROUGH_CAPACITY})"
+            f" clusters, {WARMUP_S} s warm-up each, then {ROUNDS} alternating segments of "
+            f"{duration_s / ROUNDS} s each"
         )
+        cached_side, passing_side = await interleaved(workdir, redis.url, duration_s)
+        cached, passing = cached_side.report(), passing_side.report()
+        trace = cached_side.measure
         log("raw Redis GET/SET run")
         raw = await raw_run(redis.url, duration_s)
     finally:
@@ -355,11 +449,15 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "value_bytes": VALUE_BYTES,
             "warmup_s": WARMUP_S,
             "duration_s": duration_s,
+            "segments": ROUNDS,
         },
         "cached": cached,
         "pass_through": passing,
         "raw_redis": raw,
         "reference_lru_hit_ratio": round(reference_lru_hit_ratio(trace.trace, CAPACITY), 4),
+        "reference_coherent_hit_ratio": round(
+            reference_coherent_hit_ratio(trace.trace, CAPACITY), 4
+        ),
         "read_ops_ratio_vs_pass_through": ratio(cached["gets_per_s"], passing["gets_per_s"]),
         "ops_ratio_vs_pass_through": ratio(cached["ops_per_s"], passing["ops_per_s"]),
         "ops_ratio_vs_raw_redis": ratio(cached["ops_per_s"], raw["ops_per_s"]),

@@ -46,9 +46,17 @@ async def test_bad_input(tmp_path: Path) -> None:
             ("PUT", "/cache/k", {"value": "x" * 101}, None, 413),
             ("POST", "/cache/invalidate", {"key": "k"}, None, 400),
             ("POST", "/cache/bus_read", {"key": "k", "txn": [1]}, None, 400),
+            ("POST", "/cache/home/renew", {"node": "n", "keys": ["k"], "grants": []}, None, 400),
+            ("PUT", "/cache/stats", {"value": "x"}, None, 400),
+            ("PUT", "/cache/lines", {"value": "x"}, None, 400),
+            ("DELETE", "/cache/stats", None, None, 400),
         ]
         for method, path, payload, data, status in cases:
             reply = await c.call("node1", method, path, payload, data)
             assert reply.status == status, (method, path, reply.body)
             assert reply.code is not None, reply.body
         assert (await c.put("node1", "k", "x" * 100)).status == 200
+        reserved = await c.put("node1", "lines", "x")
+        assert reserved.code == "reserved_key" and "reserved" in reserved.body["error"]["message"]
+        assert (await c.call("node1", "GET", "/cache/stats")).field("capacity") == 1000
+        assert (await c.put("node1", "stats.json", "x")).status == 200  # only exact names

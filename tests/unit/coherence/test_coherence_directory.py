@@ -65,9 +65,8 @@ def test_reader_of_a_modified_line_gets_it_after_a_write_back(d: Directory) -> N
 
 
 def test_write_to_shared_invalidates_every_other_copy_first(d: Directory) -> None:
-    for node in "abc":
-        read(d, node)
-    plan = started(d.request_write("k", "b", 1))
+    grants = {node: read(d, node)[1].grant for node in "abc"}
+    plan = started(d.request_write("k", "b", 1, dropped=grants["b"]))
     assert plan.invalidate == {"a", "c"} and plan.version == 1
     assert not d.may_complete(plan.txn_id, 1)
     with pytest.raises(NotReadyError):
@@ -81,9 +80,29 @@ def test_write_to_shared_invalidates_every_other_copy_first(d: Directory) -> Non
 
 
 def test_write_to_exclusive_needs_no_invalidation(d: Directory) -> None:
-    read(d, "a")
-    plan, done = write(d, "a")
-    assert plan.invalidate == frozenset() and done.state is M
+    _, held = read(d, "a")
+    plan = started(d.request_write("k", "a", 0, dropped=held.grant))
+    assert plan.invalidate == frozenset() and d.complete(plan.txn_id, 0).state is M
+
+
+def test_the_writers_own_newer_copy_is_invalidated_too(d: Directory) -> None:
+    """The writer dropped grant 1 when it began; the home since granted it another copy
+    (its concurrent read, ordered first), which the writer may be serving: invalidate it."""
+    _, old = read(d, "a", now=0)
+    _, newer = read(d, "a", now=1)
+    plan = started(d.request_write("k", "a", 2, dropped=old.grant))
+    assert plan.invalidate == {"a"} and not d.may_complete(plan.txn_id, 2)
+    assert d.renew("k", "a", newer.grant, 3) is None  # no renewal while invalidating
+    d.ack_invalidate(plan.txn_id, "a", 3)
+    assert d.complete(plan.txn_id, 3).state is M
+    assert d.copies("k") == {"a": (M, 3 + LEASE)}
+
+
+def test_a_writer_that_dropped_nothing_but_is_recorded_is_invalidated(d: Directory) -> None:
+    read(d, "a", now=0)  # granted, but its reply may never have arrived
+    plan = started(d.request_write("k", "a", 1))
+    assert plan.invalidate == {"a"} and plan.wait_until == LEASE
+    assert d.may_complete(plan.txn_id, LEASE)  # or its lease runs out
 
 
 def test_concurrent_writers_are_serialized_and_never_both_m(d: Directory) -> None:
@@ -102,9 +121,8 @@ def test_concurrent_writers_are_serialized_and_never_both_m(d: Directory) -> Non
 
 
 def test_delete_invalidates_everywhere_and_leaves_no_copy(d: Directory) -> None:
-    for node in "abc":
-        read(d, node)
-    plan = started(d.request_delete("k", "a", 0))
+    grants = {node: read(d, node)[1].grant for node in "abc"}
+    plan = started(d.request_delete("k", "a", 0, dropped=grants["a"]))
     assert plan.kind is TxnKind.DELETE and plan.invalidate == {"b", "c"}
     for peer in plan.invalidate:
         d.ack_invalidate(plan.txn_id, peer, 0)
@@ -126,27 +144,33 @@ def test_lease_expiry_lets_a_write_proceed_without_an_unreachable_sharer(d: Dire
     assert d.copies("k") == {"c": (M, 10 + LEASE)} and done.version == 1
 
 
-def test_departed_node_is_a_fence_until_its_lease_ends(d: Directory) -> None:
+def test_silent_exclusive_supplier_leaves_the_reader_without_a_copy(d: Directory) -> None:
+    read(d, "a", now=0)  # a: E
+    plan = started(d.request_read("k", "b", 1))
+    assert (plan.supplier, plan.downgrade) == ("a", frozenset({"a"}))
+    after = d.supplier_failed(plan.txn_id, 1)  # a never answered: it may still hold E
+    assert (after.supplier, after.requester_state, after.downgrade) == (None, I, frozenset())
+    done = d.complete(plan.txn_id, 1)
+    assert (done.state, done.lease_until) == (I, 0)
+    assert d.copies("k") == {"a": (E, LEASE)}
+
+
+def test_silent_sharer_changes_nothing_for_the_reader(d: Directory) -> None:
     read(d, "a", now=0)
-    assert d.node_left("a", 1) == []
-    plan, done = read(d, "b", now=2)  # a may still serve E behind a partition
-    assert (plan.supplier, done.state) == (None, I)
-    plan = started(d.request_write("k", "b", 3))
-    assert plan.invalidate == {"a"} and not d.may_complete(plan.txn_id, 9)
-    assert d.complete(plan.txn_id, 10).state is M
+    read(d, "b", now=0)  # a and b share
+    plan = started(d.request_read("k", "c", 1))
+    assert plan.supplier == "a" and plan.downgrade == frozenset()
+    assert d.supplier_failed(plan.txn_id, 1).requester_state is S
+    assert d.complete(plan.txn_id, 1).state is S
+    assert d.sharers("k") == {"a", "b", "c"}
 
 
-def test_node_left_aborts_its_running_txn_and_drops_its_queued_ones(d: Directory) -> None:
-    read(d, "c", now=0)  # c's copy (lease until 10) keeps a's write from becoming ready
-    first = started(d.request_write("k", "a", 0))
-    queued = d.request_read("k", "a", 0)
-    other = d.request_read("k", "b", 0)
-    assert isinstance(queued, Queued) and isinstance(other, Queued)
-    plans = d.node_left("a", 1)
-    assert [p.txn_id for p in plans] == [other.txn_id]
-    assert plans[0].version == 0  # a's write never became ready, so it took no effect
+def test_supplier_failed_only_for_a_running_read(d: Directory) -> None:
+    plan = started(d.request_write("k", "a", 0))
     with pytest.raises(UnknownTransactionError):
-        d.complete(first.txn_id, 1)
+        d.supplier_failed(plan.txn_id, 0)
+    with pytest.raises(UnknownTransactionError):
+        d.supplier_failed(999, 0)
 
 
 def test_aborted_ready_write_counts_as_done_and_burns_its_version(d: Directory) -> None:
@@ -181,6 +205,46 @@ def test_renew_extends_a_live_lease_but_not_one_being_invalidated(d: Directory) 
     assert d.renew("k", "a", done.grant, 7) is None
     assert plan.wait_until == 5 + LEASE
     assert d.renew("k", "a", done.grant, 100) is None
+
+
+def test_renewal_keeps_a_copy_valid_past_its_first_lease(d: Directory) -> None:
+    _, done = read(d, "a", now=0)
+    for now in range(5, 50, 5):  # renewed every half lease, long past the first one
+        assert d.renew("k", "a", done.grant, now) == now + LEASE
+    plan, again = read(d, "b", now=50)
+    assert plan.supplier == "a" and again.state is S  # a still counts as a holder
+
+
+def test_unrenewed_copy_runs_out_and_a_write_waits_only_for_it(d: Directory) -> None:
+    _, done = read(d, "a", now=0)
+    plan = started(d.request_write("k", "b", 3))
+    assert plan.wait_until == LEASE and not d.may_complete(plan.txn_id, LEASE - 1)
+    assert d.may_complete(plan.txn_id, LEASE)
+    d.complete(plan.txn_id, LEASE)
+    assert d.renew("k", "a", done.grant, LEASE + 1) is None  # too late: the copy is gone
+
+
+def test_renew_refuses_a_lease_that_already_ran_out(d: Directory) -> None:
+    _, done = read(d, "a", now=0)
+    assert d.renew("k", "a", done.grant, LEASE) is None
+    assert d.renew("k", "a", done.grant, LEASE - 1) is None  # time never goes back
+
+
+def test_renew_all_answers_each_copy_in_order(d: Directory) -> None:
+    _, k1 = read(d, "a", now=0, key="k1")
+    _, k2 = read(d, "a", now=0, key="k2")
+    read(d, "b", now=0, key="k3")
+    batch = [("k1", k1.grant), ("k2", k2.grant + 7), ("k3", 1), ("nope", 1)]
+    assert d.renew_all("a", batch, 4) == [4 + LEASE, None, None, None]
+    assert d.copies("k1") == {"a": (E, 4 + LEASE)}
+    assert d.copies("k2") == {"a": (E, LEASE)}  # a wrong grant renews nothing
+
+
+def test_renewal_never_stretches_a_running_writes_wait(d: Directory) -> None:
+    _, done = read(d, "a", now=0)
+    plan = started(d.request_write("k", "b", 2))
+    assert d.renew_all("a", [("k", done.grant)], 3) == [None]
+    assert d.may_complete(plan.txn_id, LEASE)
 
 
 def test_new_home_grants_nothing_and_completes_no_write_during_grace() -> None:

@@ -4,13 +4,22 @@ One transaction per key at a time (the directory queues the rest; a queued reque
 handler waits on a future until the transaction ahead of it finishes and the directory
 hands out its plan). The handler that started a transaction carries it out to the end:
 
-* read: ``bus_read`` the supplier the plan names (a failing supplier falls back to
-  memory), or read Redis; then ``complete`` and return the grant (state, lease);
+* read: ``bus_read`` the supplier the plan names; a 404 means the supplier has no valid
+  copy (its downgrade fence is set, so memory is served); no answer at all is reported
+  to the directory (``supplier_failed``: an exclusive owner's downgrade is unconfirmed, so
+  the reader gets no copy); then read Redis, ``complete`` and return the grant;
 * write/delete: ``invalidate`` every other copy in parallel, wait until each acked or
-  its lease ran out (``may_complete``), write Redis (a new version), ``complete``.
+  its lease ran out (``may_complete``), write Redis (a new version), ``complete``;
+* renew: one batch per node, ``renew_all`` on the keys this node is still home of.
 
-Any failure aborts the transaction, so the key is never left locked. Time is the event
-loop's monotonic clock in ms (``mono``); leases in the directory are in those ms.
+Any failure aborts the transaction, so the key is never left locked. A request for a key
+this node is not home of (by its own view of the ring) is refused: granting it would make a
+copy the key's real home does not know. Time is the event loop's monotonic clock in ms
+(``mono``); leases in the directory are in those ms.
+
+Grace: a home that starts, gains keys, or finds that its own loop stalled for
+``stall_ms`` (a SIGSTOP, a long GC: peers may have declared it dead and given its keys to
+another home meanwhile) grants nothing and completes no write for ``grace_ms``.
 """
 
 from __future__ import annotations
@@ -35,7 +44,21 @@ class HomeCounters:
     invalidations_sent: int = 0
     bus_reads: int = 0
     reads: int = 0
+    memory_reads: int = 0  # reads served from Redis (the rest came from a peer's copy)
     writes: int = 0
+    renewals: int = 0
+    renewals_refused: int = 0
+    graces: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HomeTimes:
+    """The home's durations in ms (see the module docstring)."""
+
+    lease_ms: int
+    grace_ms: int
+    stall_ms: int
+    txn_timeout_ms: int
 
 
 class Home:
@@ -44,37 +67,57 @@ class Home:
         node_id: str,
         *,
         epoch: int,
-        lease_ms: int,
-        txn_timeout_ms: int,
+        times: HomeTimes,
         mono: Callable[[], int],
         store: CacheStore,
         send: Send,
+        owns: Callable[[str], bool],
     ) -> None:
         self.node_id = node_id
         self.epoch = epoch
-        self.lease_ms = lease_ms
-        self.txn_timeout_ms = txn_timeout_ms
+        self.times = times
         self.mono = mono
         self.store = store
         self.send = send
-        # A restarted home cannot know what copies it granted before: grace for one lease.
-        self.directory = Directory(node_id, lease_ticks=lease_ms, grace_until=mono() + lease_ms)
+        self.owns = owns
+        # A restarted home cannot know what copies it granted before: grace.
+        now = mono()
+        self.directory = Directory(
+            node_id, lease_ticks=times.lease_ms, grace_until=now + times.grace_ms
+        )
         self.counters = HomeCounters()
         self._waiters: dict[int, asyncio.Future[Plan]] = {}
+        self._awake_ms = now
 
-    def ring_changed(self) -> None:
+    def start_grace(self) -> None:
         """Keys may have moved here from a home whose grants we do not know: grace."""
         d = self.directory
-        d.grace_until = max(d.grace_until, self.mono() + self.lease_ms)
+        d.grace_until = max(d.grace_until, self.mono() + self.times.grace_ms)
+        self.counters.graces += 1
+
+    def awake(self) -> int:
+        """Note that the loop runs now; start a grace period if it had stalled."""
+        now = self.mono()
+        if now - self._awake_ms >= self.times.stall_ms:
+            self.start_grace()
+        self._awake_ms = now
+        return now
 
     def wire(self, txn_id: int) -> list[int]:
         return [self.epoch, txn_id]
+
+    def _check_home(self, key: str) -> int:
+        now = self.awake()
+        if not self.owns(key):
+            raise ApiError(503, "not_home", f"{self.node_id} is not the home of {key!r}")
+        return now
 
     # -- transactions -------------------------------------------------------------------
 
     async def read(self, key: str, node: str) -> dict[str, Any]:
         self.counters.reads += 1
-        plan = await self._begin(self.directory.request_read(key, node, self.mono()))
+        now = self._check_home(key)
+        plan = await self._begin(self.directory.request_read(key, node, now))
         try:
             value, version = await self._fetch(plan)
         except BaseException:
@@ -93,14 +136,17 @@ class Home:
             "grant": self.wire(done.grant),
         }
 
-    async def write(self, key: str, node: str, value: str | None) -> dict[str, Any]:
+    async def write(
+        self, key: str, node: str, value: str | None, dropped: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
+        """`dropped`: the grant of the copy the writer dropped when it began (see
+        `Directory.request_write`); one of another epoch says nothing about this one's."""
         self.counters.writes += 1
-        now = self.mono()
-        if value is None:
-            request = self.directory.request_delete(key, node, now)
-        else:
-            request = self.directory.request_write(key, node, now)
-        plan = await self._begin(request)
+        now = self._check_home(key)
+        mine = dropped[1] if dropped is not None and dropped[0] == self.epoch else None
+        d = self.directory
+        request = d.request_delete if value is None else d.request_write
+        plan = await self._begin(request(key, node, now, dropped=mine))
         try:
             await self._invalidate_all(plan)
             await self._wait_ready(plan)
@@ -111,6 +157,21 @@ class Home:
             raise
         self._dispatch(done.started)
         return {"version": version, "state": done.state.value, "grant": self.wire(done.grant)}
+
+    def renew(self, node: str, entries: list[tuple[str, int, int]]) -> list[bool]:
+        """Renew `node`'s copies `(key, epoch, txn)`; a copy of another epoch or of a key
+        this node is no longer home of is refused, so the node drops it."""
+        now = self.awake()
+        mine = [
+            i for i, (key, epoch, _) in enumerate(entries) if epoch == self.epoch and self.owns(key)
+        ]
+        leases = self.directory.renew_all(node, [(entries[i][0], entries[i][2]) for i in mine], now)
+        ok = [False] * len(entries)
+        for i, lease in zip(mine, leases, strict=True):
+            ok[i] = lease is not None
+        self.counters.renewals += len(entries)
+        self.counters.renewals_refused += ok.count(False)
+        return ok
 
     def evicted(self, key: str, node: str, grant: tuple[int, int]) -> None:
         if grant[0] == self.epoch:
@@ -124,7 +185,7 @@ class Home:
         future: asyncio.Future[Plan] = asyncio.get_running_loop().create_future()
         self._waiters[request.txn_id] = future
         try:
-            await asyncio.wait({future}, timeout=self.txn_timeout_ms / 1000)
+            await asyncio.wait({future}, timeout=self.times.txn_timeout_ms / 1000)
         finally:
             self._waiters.pop(request.txn_id, None)
         if future.done():
@@ -144,6 +205,9 @@ class Home:
             status, reply = await self.send(plan.supplier, "/cache/bus_read", body)
             if status == 200 and isinstance(reply, dict) and isinstance(reply.get("value"), str):
                 return reply["value"], int(reply.get("version", 0))
+            if status != 404:
+                self.directory.supplier_failed(plan.txn_id, self.mono())
+        self.counters.memory_reads += 1
         return await _redis(self.store.read(plan.key))
 
     async def _invalidate_all(self, plan: Plan) -> None:

@@ -1,32 +1,30 @@
-"""A node's own copies: the `LineStore` plus, per line, its grant, lease end and home. Pure.
+"""A node's own lines: the `LineStore` (values, states, eviction) kept in step with the
+`CopyTable` (grants, serve times, fences, renewals). Pure; the simulation drives it too.
 
-Rules (time is the caller's monotonic ms):
-
-* a line is served only before its lease end (``expires``), counted from when the node
-  sent the request that got it, minus a drift margin, so it ends before the home's lease;
-  an expired line is dropped on sight and the read goes to the home again;
-* ``install`` refuses a grant fenced by an invalidation seen earlier, a grant older than
-  the line already held, and a lease already over; an exclusive grant older than a
-  downgrade seen earlier is installed as S;
-* evicted lines come back with their grant and home, so the caller can write back M
-  lines and tell the home.
+The protocol rules live in the two cores; this class only keeps them consistent: a key has
+a line in the store exactly when the copy table holds a copy of it (`check_invariants`),
+so every way a copy ends (expiry, refused renewal, invalidation, eviction, a write of our
+own) removes the value as well, and every evicted line comes back with its grant and home
+so the caller can write back an M line and tell the home.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from distcluster_worker.cache_role.fences import Fences, Grant
-from distcluster_worker.coherence import MesiState
+from distcluster_worker.coherence import (
+    CoherenceInvariantError,
+    CopyTable,
+    Grant,
+    Held,
+    MesiState,
+    Renewal,
+    Ticket,
+    require,
+)
 from distcluster_worker.eviction import Line, LineStore, LineTooLargeError
-
-
-@dataclass(frozen=True, slots=True)
-class Held:
-    grant: Grant
-    expires_ms: int
-    home: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,91 +35,110 @@ class Evicted:
 
 
 class LocalCache:
-    def __init__(self, store: LineStore, fences: Fences) -> None:
+    def __init__(self, store: LineStore, copies: CopyTable) -> None:
         self.store = store
-        self.fences = fences
-        self._held: dict[str, Held] = {}
+        self.copies = copies
 
     def lookup(self, key: str, now_ms: int) -> Line | None:
         """The line if it may be served now (an access for the eviction policy)."""
-        held = self._held.get(key)
-        if held is None:
-            return None
-        if held.expires_ms <= now_ms:
+        if not self.copies.valid(key, now_ms):
             self.drop(key)
             return None
         return self.store.get(key)
 
+    def begin_read(self, key: str, home: str, now_ms: int) -> Ticket:
+        return self.copies.begin_read(key, home, now_ms)
+
+    def begin_write(self, key: str, home: str, now_ms: int) -> Ticket:
+        self.store.remove(key)
+        return self.copies.begin_write(key, home, now_ms)
+
     def install(
-        self,
-        key: str,
-        line: Line,
-        held: Held,
-        now_ms: int,
+        self, ticket: Ticket, line: Line, grant: Grant, now_ms: int
     ) -> tuple[Line | None, list[Evicted]]:
-        """Store a granted copy; returns (the line stored or None, lines evicted for it)."""
-        if not line.state.valid or held.expires_ms <= now_ms:
+        """Store a granted copy if the copy table admits it; returns (the line stored or
+        None, lines evicted for it)."""
+        admitted = self.copies.admit(ticket, grant, line.state, now_ms)
+        if admitted is None:
             return None, []
-        if not self.fences.admits(key, held.grant):
-            return None, []
-        current = self._held.get(key)
-        if current is not None and current.grant >= held.grant:
-            return None, []
-        if line.state.exclusive and self.fences.must_share(key, held.grant):
-            line = line.with_state(MesiState.S)
+        state, held = admitted
+        line = line.with_state(state)
         try:
-            evicted = self.store.put(key, line)
+            evicted = self.store.put(ticket.key, line)
         except LineTooLargeError:
-            self.drop(key)
+            self.drop(ticket.key)
             return None, []
-        self._held[key] = held
-        return line, [Evicted(k, old, self._held.pop(k)) for k, old in evicted]
+        self.copies.hold(ticket.key, held)
+        gone = []
+        for key, old in evicted:
+            old_held = self.copies.evict(key, now_ms)
+            if old_held is None:
+                raise CoherenceInvariantError(f"{key!r}: a line without a copy record")
+            gone.append(Evicted(key, old, old_held))
+        return line, gone
 
     def invalidate(self, key: str, txn: Grant, now_ms: int) -> Line | None:
-        """A write at the home drops this copy (and fences older grants in flight)."""
-        self.fences.invalidated(key, txn, now_ms)
-        return self.drop(key)
+        """A write at the home drops an older copy (and fences older grants in flight)."""
+        if self.copies.invalidate(key, txn, now_ms):
+            return self.store.remove(key)
+        return None
 
     def supply(self, key: str, txn: Grant, downgrade: bool, now_ms: int) -> Line | None:
         """Answer a peer's bus_read: the valid line (dropped to S on `downgrade`) or None."""
-        if downgrade:
-            self.fences.downgraded(key, txn, now_ms)
-        held = self._held.get(key)
-        line = self.store.peek(key)
-        if held is None or line is None or held.expires_ms <= now_ms:
+        if not self.copies.supply(key, txn, downgrade, now_ms):
             return None
-        if downgrade and line.state.exclusive:
-            self.store.set_state(key, MesiState.S)
+        line = self.store.peek(key)
+        if line is not None and downgrade and line.state.exclusive:
+            line = self.store.set_state(key, MesiState.S)
         return line
 
+    def renewals(self, now_ms: int, within_ms: int) -> dict[str, list[Renewal]]:
+        return self.copies.renewals(now_ms, within_ms)
+
+    def renewed(self, answers: Iterable[tuple[Renewal, bool]], sent_ms: int, now_ms: int) -> int:
+        """Apply a home's renewal answers; returns how many copies were dropped."""
+        dropped = 0
+        for (key, grant), ok in answers:
+            if self.copies.renewed(key, grant, ok, sent_ms, now_ms):
+                self.store.remove(key)
+                dropped += 1
+        return dropped
+
     def drop(self, key: str) -> Line | None:
-        self._held.pop(key, None)
+        self.copies.forget(key)
         return self.store.remove(key)
 
     def purge_expired(self, now_ms: int) -> int:
-        expired = [k for k, h in self._held.items() if h.expires_ms <= now_ms]
+        expired = self.copies.expire(now_ms)
         for key in expired:
-            self.drop(key)
-        self.fences.prune(now_ms)
+            self.store.remove(key)
         return len(expired)
 
     def held(self, key: str) -> Held | None:
-        return self._held.get(key)
+        return self.copies.held(key)
+
+    def check_invariants(self) -> None:
+        """The store and the copy table agree on the keys; the store's budgets hold."""
+        require(
+            sorted(self.store.keys()) == self.copies.keys(),
+            "lines and copy records disagree on the keys",
+        )
+        self.store.check_invariants()
 
     def lines(self, now_ms: int) -> list[dict[str, Any]]:
         self.purge_expired(now_ms)
         out = []
-        for key in sorted(self._held):
+        for key in self.copies.keys():
             line = self.store.peek(key)
-            held = self._held[key]
-            if line is not None:
+            held = self.copies.held(key)
+            if line is not None and held is not None:
                 out.append(
                     {
                         "key": key,
                         "state": line.state.value,
                         "version": line.version,
                         "bytes": line.size_bytes,
-                        "lease_left_ms": held.expires_ms - now_ms,
+                        "lease_left_ms": held.serve_until - now_ms,
                         "home": held.home,
                         "grant": list(held.grant),
                     }

@@ -8,20 +8,24 @@ Client endpoints: ``GET /cache/{key}`` -> ``{key, value, state}`` (404 ``not_fou
 ``PUT /cache/{key}`` ``{"value": "<string>"}`` -> ``{key, value, version, state}``, which
 answers only once every other copy acked its invalidation or its lease ran out, and the
 value is in Redis; ``DELETE /cache/{key}`` -> ``{key, deleted, version}``;
-``GET /cache/stats``; ``GET /cache/lines``.
+``GET /cache/stats``; ``GET /cache/lines``. The keys ``stats`` and ``lines`` are reserved
+(a PUT or DELETE of them is 400 ``reserved_key``): their GET would reach the debug routes.
 
 Node-to-node (all POST, JSON): ``/cache/home/read`` ``{key, node}`` and
-``/cache/home/write`` ``{key, node, value|null}`` (to the key's home; the answer carries
+``/cache/home/write`` ``{key, node, value|null, dropped}`` (to the key's home; the answer carries
 ``{found, value, version, state, grant}`` / ``{version, state, grant}``);
+``/cache/home/renew`` ``{node, keys, grants}`` -> ``{ok: [bool]}`` (a node's renewal batch);
 ``/cache/home/evicted`` ``{key, node, grant}`` (a copy was evicted);
 ``/cache/bus_read`` ``{key, txn, downgrade, write_back}`` (home -> supplier; 200
 ``{value, version}`` or 404); ``/cache/invalidate`` ``{key, txn}`` (home -> holder; 200
 ``{acked: true}``); ``/cache/heartbeat`` ``{node_id, incarnation}``.
 
-A hit is served from memory only within the copy's lease; an expired copy is re-read
-through the home. Reads during a home's grace period (after it starts or the ring
-changes) are served without granting a copy (state ``I``). Redis down: misses and writes
-are 503, hits go on. A node keeps nothing across restarts.
+A hit is served from memory only within the copy's serve time. Every ``renew_every_ms`` the
+node sends each home one batch with the copies that run out soonest, so copies live as long
+as their home answers and are not invalidated or evicted; a node cut off from a home stops
+serving that home's copies within one lease. Reads during a home's grace period are served
+without granting a copy (state ``I``). Redis down: misses and writes are 503, hits go on
+(renewals need no Redis). A node keeps nothing across restarts.
 """
 
 from __future__ import annotations
@@ -31,16 +35,15 @@ import contextlib
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
 from distcluster_worker.cache_role import models as m
-from distcluster_worker.cache_role.fences import Fences, grant_of
-from distcluster_worker.cache_role.home import Home
-from distcluster_worker.cache_role.local import Evicted, Held, LocalCache
+from distcluster_worker.cache_role.home import Home, HomeTimes
+from distcluster_worker.cache_role.local import Evicted, LocalCache
+from distcluster_worker.cache_role.metrics import CacheMetrics
 from distcluster_worker.cache_role.settings import CacheSettings, load_cache_settings
 from distcluster_worker.cache_role.store import CacheStore
-from distcluster_worker.coherence import MesiState
+from distcluster_worker.coherence import CopyTable, MesiState, Renewal, Ticket
 from distcluster_worker.eviction import Line, LineStore
 from distcluster_worker.membership import Changes
 from distcluster_worker.shell.cluster_view import ClusterView
@@ -52,7 +55,12 @@ from distcluster_worker.shell.node import BaseNode
 from distcluster_worker.shell.openapi import Operation
 from distcluster_worker.shell.rpc import RpcError
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# A renewal batch is cut so that its body stays well inside the node's request size bound.
+_RENEW_ENTRY_OVERHEAD_BYTES = 48
+
+
+def grant_of(wire: list[int]) -> tuple[int, int]:
+    return (int(wire[0]), int(wire[1]))
 
 
 class CacheNode(BaseNode):
@@ -65,38 +73,17 @@ class CacheNode(BaseNode):
         self.c = cache_settings if cache_settings is not None else load_cache_settings()
         self.view = ClusterView.for_peers(settings.node_id, settings.peer_urls, self.c)
         store = LineStore(self.c.capacity, self.c.policy, max_bytes=self.c.max_bytes)
-        self.local = LocalCache(store, Fences(2 * self.c.lease_ms))
+        copies = CopyTable(self.c.serve_ms, fence_keep_ms=2 * self.c.lease_ms)
+        self.local = LocalCache(store, copies)
         self._home: Home | None = None
         self._store: CacheStore | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._beats: Heartbeats | None = None
-        self.counts: dict[str, int] = dict.fromkeys(
-            ("hits", "misses", "evictions", "invalidations_received", "bus_reads_served"), 0
-        )
-        self.counts["write_backs"] = 0
-        self._init_metrics()
-
-    def _init_metrics(self) -> None:
-        r = self.metrics.registry
-        self.m_hits = Counter("distcluster_cache_hits", "Reads served locally", registry=r)
-        self.m_misses = Counter("distcluster_cache_misses", "Reads sent to the home", registry=r)
-        self.m_evictions = Counter("distcluster_cache_evictions", "Lines evicted", registry=r)
-        self.m_inval = Counter(
-            "distcluster_cache_invalidations", "Invalidations", ["direction"], registry=r
-        )
-        self.m_bus = Counter("distcluster_cache_bus_reads", "Bus reads", ["direction"], registry=r)
-        self.m_wb = Counter("distcluster_cache_write_backs", "Write-backs of M lines", registry=r)
-        self.m_get_s = Histogram(
-            "distcluster_cache_get_seconds", "GET latency", buckets=_LATENCY_BUCKETS, registry=r
-        )
-        self.m_put_s = Histogram(
-            "distcluster_cache_put_seconds",
-            "PUT and DELETE latency",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.m_lines = Gauge("distcluster_cache_lines", "Lines per state", ["state"], registry=r)
+        names = ("hits", "misses", "evictions", "invalidations_received", "bus_reads_served")
+        self.counts: dict[str, int] = dict.fromkeys(names, 0)
+        self.counts.update(write_backs=0, renewals_sent=0, renewals_refused=0)
+        self.mx = CacheMetrics(self.metrics.registry)
 
     @property
     def home(self) -> Home:
@@ -126,18 +113,26 @@ class CacheNode(BaseNode):
             incarnation=incarnation,
             on_changes=self._changed,
         )
-        self._home = Home(
-            self.settings.node_id,
-            epoch=incarnation,
+        times = HomeTimes(
             lease_ms=self.c.lease_ms,
+            grace_ms=self.c.grace_ms,
+            stall_ms=self.c.suspect_after_ms,
             txn_timeout_ms=self.c.txn_timeout_ms,
+        )
+        me = self.settings.node_id
+        self._home = Home(
+            me,
+            epoch=incarnation,
+            times=times,
             mono=self._mono_ms,
             store=self._store,
             send=self._send,
+            owns=lambda key: self.view.owner(key) == me,
         )
         self._tasks = [
             asyncio.create_task(self._beats.run(), name="cache-heartbeats"),
             asyncio.create_task(self._tick_loop(), name="cache-ticks"),
+            asyncio.create_task(self._renew_loop(), name="cache-renewals"),
         ]
 
     async def on_stop(self) -> None:
@@ -152,16 +147,17 @@ class CacheNode(BaseNode):
     def role_state(self) -> dict[str, Any]:
         return {"membership": self.view.membership.snapshot(), "ring": self.view.ring.members}
 
-    # -- membership --------------------------------------------------------------------
+    # -- membership and time -------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
-        """Membership ticks, expired lines, fences and the per-state gauges."""
+        """Stall check, membership ticks, expired lines and fences, the per-state gauges."""
         while True:
+            self.home.awake()
             now = self._mono_ms()
             self._changed(self.view.tick(now))
             self.local.purge_expired(now)
             for state, count in self.local.store.lines_per_state().items():
-                self.m_lines.labels(state.value).set(count)
+                self.mx.lines.labels(state.value).set(count)
             await asyncio.sleep(min(self.c.heartbeat_ms, self.c.lease_ms // 4) / 1000)
 
     def _changed(self, changes: Changes) -> None:
@@ -175,13 +171,56 @@ class CacheNode(BaseNode):
                 },
             )
         if changes.ring_changed and self._home is not None:
-            self._home.ring_changed()
+            self._home.start_grace()
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
         body = await parse_json(request, m.Heartbeat)
         if self._beats is None:
             raise ApiError(503, "not_ready", "the node is starting")
         return json_response(self._beats.receive(body.node_id, body.incarnation))
+
+    # -- lease renewal -----------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.c.renew_every_ms / 1000)
+            now = self._mono_ms()
+            batches = self.local.renewals(now, self.c.renew_within_ms)
+            await asyncio.gather(
+                *(self._renew_at(home, entries, now) for home, entries in batches.items())
+            )
+
+    async def _renew_at(self, home_id: str, entries: list[Renewal], sent: int) -> None:
+        """Renew copies granted by `home_id`; a failed call leaves them to run out."""
+        me = self.settings.node_id
+        for chunk in self._chunks(entries):
+            if home_id == me:
+                ok = self.home.renew(me, [(k, g[0], g[1]) for k, g in chunk])
+            else:
+                body = {"node": me, "keys": [k for k, _ in chunk], "grants": [g for _, g in chunk]}
+                status, reply = await self._send(home_id, "/cache/home/renew", body)
+                answers = reply.get("ok") if status == 200 and isinstance(reply, dict) else None
+                if not isinstance(answers, list) or len(answers) != len(chunk):
+                    continue
+                ok = [a is True for a in answers]
+            dropped = self.local.renewed(zip(chunk, ok, strict=True), sent, self._mono_ms())
+            self.counts["renewals_sent"] += len(chunk)
+            self.counts["renewals_refused"] += dropped
+            self.mx.renewals.labels("renewed").inc(len(chunk) - dropped)
+            self.mx.renewals.labels("refused").inc(dropped)
+
+    def _chunks(self, entries: list[Renewal]) -> list[list[Renewal]]:
+        budget = self.settings.max_body_bytes // 2
+        chunks: list[list[Renewal]] = [[]]
+        size = 0
+        for entry in entries:
+            cost = len(entry[0]) + _RENEW_ENTRY_OVERHEAD_BYTES
+            if chunks[-1] and size + cost > budget:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(entry)
+            size += cost
+        return [c for c in chunks if c]
 
     # -- routes ------------------------------------------------------------------------
 
@@ -194,6 +233,7 @@ class CacheNode(BaseNode):
             web.delete("/cache/{key}", self._delete),
             web.post("/cache/home/read", self._home_read),
             web.post("/cache/home/write", self._home_write),
+            web.post("/cache/home/renew", self._home_renew),
             web.post("/cache/home/evicted", self._home_evicted),
             web.post("/cache/bus_read", self._bus_read),
             web.post("/cache/invalidate", self._invalidate),
@@ -210,6 +250,7 @@ class CacheNode(BaseNode):
             Operation("get", "/cache/lines", "Local lines and states", None, None, {}),
             Operation("post", "/cache/home/read", "Home: read txn", m.HomeRead, None, errors),
             Operation("post", "/cache/home/write", "Home: write txn", m.HomeWrite, None, errors),
+            Operation("post", "/cache/home/renew", "Home: renew copies", m.HomeRenew, None, {}),
             Operation("post", "/cache/home/evicted", "Home: copy gone", m.HomeEvicted, None, {}),
             Operation("post", "/cache/bus_read", "Supply a line", m.BusRead, None, {}),
             Operation("post", "/cache/invalidate", "Drop a line", m.Invalidate, None, {}),
@@ -220,22 +261,23 @@ class CacheNode(BaseNode):
 
     async def _get(self, request: web.Request) -> web.Response:
         key = _path_key(request)
-        with self.m_get_s.time():
-            line = self.local.lookup(key, self._mono_ms())
+        with self.mx.get_s.time():
+            now = self._mono_ms()
+            line = self.local.lookup(key, now)
             if line is not None:
                 self.counts["hits"] += 1
-                self.m_hits.inc()
+                self.mx.hits.inc()
                 return json_response({"key": key, "value": line.value, "state": line.state.value})
             self.counts["misses"] += 1
-            self.m_misses.inc()
-            sent = self._mono_ms()
+            self.mx.misses.inc()
             home_id = self.view.owner(key)
+            ticket = self.local.begin_read(key, home_id, now)
             reply = await self._home_call(home_id, "/cache/home/read", {"key": key})
             if not reply.get("found"):
                 raise ApiError(404, "not_found", f"no value for key {key!r}")
             value, version = str(reply["value"]), int(reply["version"])
-            state = MesiState(reply["state"])
-            stored = self._install(key, Line.of(value, state, version), reply, home_id, sent)
+            line = Line.of(value, MesiState(reply["state"]), version)
+            stored = self._install(ticket, line, reply)
             shown = stored.state if stored is not None else MesiState.I
             return json_response({"key": key, "value": value, "state": shown.value})
 
@@ -247,43 +289,34 @@ class CacheNode(BaseNode):
             raise ApiError(
                 413, "too_large", f"value is {size} bytes; at most {self.c.max_value_bytes}"
             )
-        with self.m_put_s.time():
+        with self.mx.put_s.time():
             version, state = await self._write(key, body.value)
         return json_response({"key": key, "value": body.value, "version": version, "state": state})
 
     async def _delete(self, request: web.Request) -> web.Response:
         key = _path_key(request)
-        with self.m_put_s.time():
+        with self.mx.put_s.time():
             version, _ = await self._write(key, None)
         return json_response({"key": key, "deleted": True, "version": version})
 
     async def _write(self, key: str, value: str | None) -> tuple[int, str]:
         """Write (or delete) through the home; returns (version, this node's state)."""
-        self.local.drop(key)  # never serve our old value while our own write runs
-        sent = self._mono_ms()
         home_id = self.view.owner(key)
-        try:
-            reply = await self._home_call(
-                home_id, "/cache/home/write", {"key": key, "value": value}
-            )
-        except ApiError:
-            self.local.drop(key)
-            raise
+        ticket = self.local.begin_write(key, home_id, self._mono_ms())
+        body = {"key": key, "value": value, "dropped": ticket.dropped}
+        reply = await self._home_call(home_id, "/cache/home/write", body)
         version = int(reply["version"])
         if value is None:
             return version, MesiState.I.value
-        state = MesiState(reply["state"])
-        stored = self._install(key, Line.of(value, state, version), reply, home_id, sent)
+        stored = self._install(ticket, Line.of(value, MesiState(reply["state"]), version), reply)
         return version, (stored.state if stored is not None else MesiState.I).value
 
-    def _install(
-        self, key: str, line: Line, reply: dict[str, Any], home_id: str, sent: int
-    ) -> Line | None:
-        held = Held(grant_of(reply["grant"]), sent + self.c.serve_ms, home_id)
-        stored, evicted = self.local.install(key, line, held, self._mono_ms())
+    def _install(self, ticket: Ticket, line: Line, reply: dict[str, Any]) -> Line | None:
+        grant = grant_of(reply["grant"])
+        stored, evicted = self.local.install(ticket, line, grant, self._mono_ms())
         for gone in evicted:
             self.counts["evictions"] += 1
-            self.m_evictions.inc()
+            self.mx.evictions.inc()
             self._spawn(self._after_evict(gone))
         return stored
 
@@ -293,7 +326,7 @@ class CacheNode(BaseNode):
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await self.store.write_back(gone.key, gone.line.value, gone.line.version)
                 self.counts["write_backs"] += 1
-                self.m_wb.inc()
+                self.mx.write_backs.inc()
         body = {"key": gone.key, "node": self.settings.node_id, "grant": list(gone.held.grant)}
         await self._send(gone.held.home, "/cache/home/evicted", body)
 
@@ -314,7 +347,11 @@ class CacheNode(BaseNode):
                 "invalidations_sent": h.invalidations_sent,
                 "bus_reads": h.bus_reads,
                 "home_reads": h.reads,
+                "home_memory_reads": h.memory_reads,
                 "home_writes": h.writes,
+                "home_renewals": h.renewals,
+                "home_renewals_refused": h.renewals_refused,
+                "home_graces": h.graces,
                 "lines": {s.value: n for s, n in lines.items()},
                 "line_count": len(self.local.store),
                 "bytes_used": self.local.store.bytes_used,
@@ -322,6 +359,7 @@ class CacheNode(BaseNode):
                 "max_bytes": self.c.max_bytes,
                 "policy": self.c.policy,
                 "lease_ms": self.c.lease_ms,
+                "renew_every_ms": self.c.renew_every_ms,
             }
         )
 
@@ -339,7 +377,13 @@ class CacheNode(BaseNode):
         body = await parse_json(request, m.HomeWrite)
         if body.value is not None and len(body.value.encode("utf-8")) > self.c.max_value_bytes:
             raise ApiError(413, "too_large", "value too large")
-        return json_response(await self.home.write(body.key, body.node, body.value))
+        dropped = grant_of(body.dropped) if body.dropped is not None else None
+        return json_response(await self.home.write(body.key, body.node, body.value, dropped))
+
+    async def _home_renew(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, m.HomeRenew)
+        entries = [(k, g[0], g[1]) for k, g in zip(body.keys, body.grants, strict=True)]
+        return json_response({"ok": self.home.renew(body.node, entries)})
 
     async def _home_evicted(self, request: web.Request) -> web.Response:
         body = await parse_json(request, m.HomeEvicted)
@@ -353,7 +397,7 @@ class CacheNode(BaseNode):
 
     async def _on_bus_read(self, body: m.BusRead) -> tuple[int, dict[str, Any]]:
         line = self.local.supply(body.key, grant_of(body.txn), body.downgrade, self._mono_ms())
-        self.m_bus.labels("received").inc()
+        self.mx.bus.labels("received").inc()
         if line is None:
             return 404, {"error": {"code": "not_found", "message": "no valid line"}}
         self.counts["bus_reads_served"] += 1
@@ -361,7 +405,7 @@ class CacheNode(BaseNode):
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await self.store.write_back(body.key, line.value, line.version)
                 self.counts["write_backs"] += 1
-                self.m_wb.inc()
+                self.mx.write_backs.inc()
         return 200, {"value": line.value, "version": line.version}
 
     async def _invalidate(self, request: web.Request) -> web.Response:
@@ -371,15 +415,15 @@ class CacheNode(BaseNode):
     def _on_invalidate(self, body: m.Invalidate) -> dict[str, Any]:
         self.local.invalidate(body.key, grant_of(body.txn), self._mono_ms())
         self.counts["invalidations_received"] += 1
-        self.m_inval.labels("received").inc()
+        self.mx.inval.labels("received").inc()
         return {"acked": True}
 
     async def _send(self, node: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        """Home -> peer message (delivered in-process when the peer is this node)."""
+        """Node -> peer message (delivered in-process when the peer is this node)."""
         if path == "/cache/invalidate":
-            self.m_inval.labels("sent").inc()
+            self.mx.inval.labels("sent").inc()
         elif path == "/cache/bus_read":
-            self.m_bus.labels("sent").inc()
+            self.mx.bus.labels("sent").inc()
         if node == self.settings.node_id:
             return await self._deliver_local(path, body)
         url = self.settings.peer_urls.get(node)
@@ -408,7 +452,7 @@ class CacheNode(BaseNode):
         if home_id == me:
             if path == "/cache/home/read":
                 return await self.home.read(body["key"], me)
-            return await self.home.write(body["key"], me, body["value"])
+            return await self.home.write(body["key"], me, body["value"], body["dropped"])
         url = self.settings.peer_urls[home_id]
         timeout_ms = self.c.txn_timeout_ms + 2 * self.c.lease_ms + self.settings.rpc_timeout_ms
         try:
@@ -428,7 +472,11 @@ class CacheNode(BaseNode):
 
 
 def _path_key(request: web.Request) -> str:
+    """The key of a client route; 400 when it is invalid or reserved (a GET of a reserved
+    name never gets here: the debug route answers it)."""
     key = request.match_info["key"]
-    if m.KEY_RE.fullmatch(key) is None:
-        raise ApiError(400, "bad_request", "key must match [A-Za-z0-9._:-]{1,200}")
+    problem = m.key_problem(key)
+    if problem is not None:
+        code = "reserved_key" if key in m.RESERVED_KEYS else "bad_request"
+        raise ApiError(400, code, problem)
     return key

@@ -43,9 +43,28 @@ class CacheSettings(BaseModel):
 
     @property
     def serve_ms(self) -> int:
-        """How long a node serves a copy, counted from when it sent the request that got it:
-        the home's lease minus a 10% margin for clock-rate drift between the two nodes."""
+        """How long a node serves a copy, counted from when it sent the request that got it
+        (or renewed it): the home's lease minus a 10% margin for clock-rate drift."""
         return self.lease_ms - max(1, self.lease_ms // 10)
+
+    @property
+    def renew_every_ms(self) -> int:
+        """How often a node sends each home its renewal batch: four times per lease."""
+        return max(10, self.lease_ms // 4)
+
+    @property
+    def renew_within_ms(self) -> int:
+        """A copy is renewed when its serve time ends within this: half of `serve_ms`,
+        which is two renewal rounds, so one lost round costs no copy."""
+        return self.serve_ms // 2
+
+    @property
+    def grace_ms(self) -> int:
+        """How long a home that starts, gains keys or wakes from a stall grants nothing and
+        completes no write: one lease for the copies a previous home granted, plus two
+        heartbeats for the peers that still send that home's keys elsewhere until they
+        hear of the change."""
+        return self.lease_ms + 2 * self.heartbeat_ms
 
 
 def load_cache_settings(env: Mapping[str, str] | None = None) -> CacheSettings:

@@ -1,10 +1,13 @@
-"""MESI coherence, pure: the line state machine and the home-node directory.
+"""MESI coherence, pure: the line state machine, the home-node directory and the node side.
 
 `protocol.transition` is what one node does with its own copy of a key; `Directory` is what
-the key's home does to order transactions and track copies. Neither does I/O or reads a
-clock: the shell passes logical time in and carries out the returned plans.
+the key's home does to order transactions and track copies; `CopyTable` is what a node
+knows of its own copies (grants, how long it may serve them, fences against late replies,
+renewals). None does I/O or reads a clock: the shell passes logical time in and carries
+out the returned plans.
 """
 
+from distcluster_worker.coherence.copies import CopyTable, Held, Renewal, Ticket
 from distcluster_worker.coherence.directory import Directory
 from distcluster_worker.coherence.errors import (
     CoherenceInvariantError,
@@ -12,6 +15,7 @@ from distcluster_worker.coherence.errors import (
     UnknownTransactionError,
     require,
 )
+from distcluster_worker.coherence.fences import Fences, Grant
 from distcluster_worker.coherence.plans import Completed, Plan, Queued, TxnKind
 from distcluster_worker.coherence.protocol import TABLE, Transition, transition
 from distcluster_worker.coherence.states import Action, Event, MesiState
@@ -21,12 +25,18 @@ __all__ = [
     "Action",
     "CoherenceInvariantError",
     "Completed",
+    "CopyTable",
     "Directory",
     "Event",
+    "Fences",
+    "Grant",
+    "Held",
     "MesiState",
     "NotReadyError",
     "Plan",
     "Queued",
+    "Renewal",
+    "Ticket",
     "Transition",
     "TxnKind",
     "UnknownTransactionError",

@@ -15,23 +15,32 @@ observe the gap. The life of a transaction:
 
     request_read/request_write/request_delete -> Plan (started) or Queued
     ack_invalidate(txn, node) for each invalidated copy          (writes)
+    supplier_failed(txn, now) when a read's supplier did not answer     (reads)
     may_complete(txn, now) -> bool; then the shell writes memory (writes)
     complete(txn, now) -> Completed (with the next queued plan, if any) | abort(txn, now)
 
 Leases bound how long a node that cannot be reached can keep serving a copy: every copy is
-granted until `now + lease_ticks` and must be renewed through `renew`. A write waits for an
-acknowledgement or the lease end of every other copy, never for a node's good will. The
-shell must give nodes a lease shorter than the home's by its bound on clock drift.
+granted until `now + lease_ticks` and must be renewed (`renew_all`, one batch per node
+per interval) to stay valid. A write waits for an acknowledgement or the lease end of
+every other copy, never for a node's good will. The shell must give nodes a lease shorter
+than the home's by its bound on clock drift, counted from when the node sent the request.
 
-Invariants (`check_invariants`, also run after every operation): per key at most one
-copy in M or E and then no other copy; versions of completed writes strictly increase;
-the running transaction and the queue belong to the key and are registered.
+Membership is not the directory's business: a node that left stops renewing, so its copies
+run out within one lease and are purged; a write that targets one of them waits for that
+lease, exactly as for a live node that does not answer.
+
+Invariants (`check_invariants`; the touched key's part after every operation): per key
+at most one copy in M or E and then no other copy; versions of completed writes strictly
+increase; the running transaction and the queue belong to the key and are registered.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import replace
+
 from distcluster_worker.coherence.errors import NotReadyError, UnknownTransactionError, require
-from distcluster_worker.coherence.invariants import check_directory
+from distcluster_worker.coherence.invariants import check_directory, check_key
 from distcluster_worker.coherence.planner import read_plan, write_plan
 from distcluster_worker.coherence.plans import Completed, Plan, Queued, TxnKind
 from distcluster_worker.coherence.records import Copy, KeyRecord, Txn
@@ -58,24 +67,35 @@ class Directory:
     def request_read(self, key: str, node: str, now: int) -> Plan | Queued:
         return self._request(key, node, TxnKind.READ, now)
 
-    def request_write(self, key: str, node: str, now: int) -> Plan | Queued:
-        return self._request(key, node, TxnKind.WRITE, now)
+    def request_write(
+        self, key: str, node: str, now: int, *, dropped: int | None = None
+    ) -> Plan | Queued:
+        """`dropped`: the grant of the copy the writer held and dropped when it began the
+        write (None if it held none). The writer's own recorded copy is invalidated like
+        any other unless it is exactly that grant: a copy granted to the writer later
+        (another of its writes or reads, ordered here before this one) may still be
+        served by it, and this write makes it stale."""
+        return self._request(key, node, TxnKind.WRITE, now, dropped)
 
-    def request_delete(self, key: str, node: str, now: int) -> Plan | Queued:
-        return self._request(key, node, TxnKind.DELETE, now)
+    def request_delete(
+        self, key: str, node: str, now: int, *, dropped: int | None = None
+    ) -> Plan | Queued:
+        return self._request(key, node, TxnKind.DELETE, now, dropped)
 
-    def _request(self, key: str, node: str, kind: TxnKind, now: int) -> Plan | Queued:
+    def _request(
+        self, key: str, node: str, kind: TxnKind, now: int, dropped: int | None = None
+    ) -> Plan | Queued:
         now = self._tick(now)
-        txn = Txn(self._next_txn, key, node, kind)
+        txn = Txn(self._next_txn, key, node, kind, dropped=dropped)
         self._next_txn += 1
         self._txns[txn.txn_id] = txn
         rec = self._keys.setdefault(key, KeyRecord())
         if rec.active is not None:
             rec.queue.append(txn)
-            self.check_invariants()
+            self._check(key)
             return Queued(txn.txn_id, key, node, kind)
         plan = self._start(rec, txn, now)
-        self.check_invariants()
+        self._check(key)
         return plan
 
     def _start(self, rec: KeyRecord, txn: Txn, now: int) -> Plan:
@@ -85,7 +105,7 @@ class Directory:
             txn.plan = read_plan(rec, txn, now, self.grace_until)
         else:
             txn.plan = write_plan(rec, txn, self.grace_until)
-            txn.waits = {n: c.lease_until for n, c in rec.copies.items() if n != txn.node}
+            txn.waits = {n: rec.copies[n].lease_until for n in txn.plan.invalidate}
             rec.issued = txn.plan.version
         return txn.plan
 
@@ -98,7 +118,7 @@ class Directory:
         if node in txn.waits:
             del txn.waits[node]
             self._keys[txn.key].copies.pop(node, None)
-        self.check_invariants()
+        self._check(txn.key)
 
     def may_complete(self, txn_id: int, now: int) -> bool:
         """Whether no other copy can still be served: each acknowledged or out of lease."""
@@ -130,7 +150,7 @@ class Directory:
         else:
             rec.copies.pop(txn.node, None)
         started = self._finish(rec, txn, now)
-        self.check_invariants()
+        self._check(txn.key)
         return Completed(
             txn_id,
             txn.key,
@@ -172,13 +192,13 @@ class Directory:
             rec.queue.remove(txn)
             del self._txns[txn_id]
             self._forget_if_idle(txn.key)
-            self.check_invariants()
+            self._check(txn.key)
             return None
         if txn.is_write and txn.plan is not None and self.may_complete(txn_id, now):
             self._apply_write(rec, txn, txn.plan)
             rec.copies.pop(txn.node, None)
         started = self._finish(rec, txn, now)
-        self.check_invariants()
+        self._check(txn.key)
         return started
 
     def _finish(self, rec: KeyRecord, txn: Txn, now: int) -> Plan | None:
@@ -204,44 +224,56 @@ class Directory:
             if rec.active is not None:
                 rec.active.waits.pop(node, None)
             self._forget_if_idle(key)
-        self.check_invariants()
+        self._check(key)
 
     def renew(self, key: str, node: str, grant: int, now: int) -> int | None:
-        """Extend a live copy's lease; None when the node must stop serving it.
+        """Extend a live copy's lease to `now + lease_ticks`; None when the node must stop
+        serving it (the copy is gone, was replaced by a newer grant, or ran out).
 
         A copy that a running write is invalidating is never renewed: that would let the
-        writer wait forever, and the copy is about to be stale.
+        writer wait forever, and the copy is about to be stale. The write keeps the lease
+        end it saw when it started (`Txn.waits`), so a renewal that raced with the start
+        of the write cannot stretch the writer's wait either.
         """
         now = self._tick(now)
         rec = self._keys.get(key)
         copy = rec.copies.get(node) if rec is not None else None
-        if rec is None or copy is None or copy.grant != grant or copy.departed:
+        if rec is None or copy is None or copy.grant != grant:
             return None
         if copy.lease_until <= now or (rec.active is not None and node in rec.active.waits):
             return None
         copy.lease_until = now + self.lease_ticks
         return copy.lease_until
 
-    def node_left(self, node: str, now: int) -> list[Plan]:
-        """Membership dropped `node`: its requests go, its copies stay as fences until their
-        leases run out (it may be alive behind a partition). Returns the plans started."""
-        now = self._tick(now)
-        started: list[Plan] = []
-        for key in sorted(self._keys):
-            rec = self._keys[key]
-            copy = rec.copies.get(node)
-            if copy is not None:
-                copy.departed = True
-            for txn in [t for t in rec.queue if t.node == node]:
-                rec.queue.remove(txn)
-                del self._txns[txn.txn_id]
-            if rec.active is not None and rec.active.node == node:
-                plan = self.abort(rec.active.txn_id, now)
-                if plan is not None:
-                    started.append(plan)
-            self._forget_if_idle(key)
-        self.check_invariants()
-        return started
+    def renew_all(self, node: str, grants: Iterable[tuple[str, int]], now: int) -> list[int | None]:
+        """`renew` for every (key, grant) a node holds from this home, in one call.
+
+        Why batched: a node renews all its copies from one home in one message per
+        interval, so the cost of keeping hot lines is one round trip per home, not per line.
+        """
+        return [self.renew(key, node, grant, now) for key, grant in grants]
+
+    def supplier_failed(self, txn_id: int, now: int) -> Plan:
+        """The supplier of a running read did not answer; the shell reads memory instead.
+
+        A sharer's silence changes nothing (memory holds what every S copy holds). An
+        exclusive owner's silence leaves its downgrade unconfirmed: it may still hold the
+        line in M or E, so the reader is served from memory without a copy (state I) and
+        the owner's record stays exclusive. Returns the plan the transaction now follows.
+        """
+        self._tick(now)
+        txn = self._running(txn_id)
+        plan = txn.plan
+        if plan is None or txn.is_write:
+            raise UnknownTransactionError(txn_id)
+        exclusive_supplier = plan.supplier is not None and plan.supplier in plan.downgrade
+        requester_state = MesiState.I if exclusive_supplier else plan.requester_state
+        txn.plan = replace(
+            plan, supplier=None, write_back=None, downgrade=frozenset(),
+            requester_state=requester_state,
+        )  # fmt: skip
+        self._check(txn.key)
+        return txn.plan
 
     # -- queries ------------------------------------------------------------------------
 
@@ -250,7 +282,7 @@ class Directory:
         return rec.version if rec is not None else 0
 
     def copies(self, key: str) -> dict[str, tuple[MesiState, int]]:
-        """node -> (state, lease_until) of every copy the home counts, departed included."""
+        """node -> (state, lease_until) of every copy the home counts."""
         rec = self._keys.get(key)
         if rec is None:
             return {}
@@ -278,7 +310,17 @@ class Directory:
         return sorted(self._keys)
 
     def check_invariants(self) -> None:
+        """The full check, O(keys): every record and the transaction registry (tests and
+        the simulation run it after every step)."""
         check_directory(self._keys, self._txns)
+
+    def _check(self, key: str) -> None:
+        """The invariants of the one record an operation touched. Checking every record
+        after every operation made each request O(keys) and was most of a busy home's
+        CPU; an operation changes one key only, so its record is what can break."""
+        rec = self._keys.get(key)
+        if rec is not None:
+            check_key(key, rec, self._txns)
 
     # -- helpers ------------------------------------------------------------------------
 

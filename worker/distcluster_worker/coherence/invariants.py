@@ -5,8 +5,8 @@
 * Versions: the last completed version is at most the highest issued one; a running write
   carries a version above the completed one (so completing it strictly increases it).
 * Transactions: the running one and the queued ones belong to their key and are registered;
-  every registered transaction is running or queued somewhere; only a running write waits,
-  and only on nodes other than its writer.
+  every registered transaction is running or queued somewhere; only a running write waits
+  (on other nodes' copies, and on its writer's own when that may be a newer one).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ def check_record(key: str, rec: KeyRecord) -> None:
     txn = rec.active
     if txn is not None:
         require(txn.key == key and txn.plan is not None, f"{key!r}: foreign or unplanned txn")
-        require(txn.node not in txn.waits, f"{key!r}: a writer waits on itself")
         if txn.is_write and txn.plan is not None:
             require(txn.plan.version > rec.version, f"{key!r}: running write's version is old")
     else:
@@ -38,16 +37,21 @@ def check_record(key: str, rec: KeyRecord) -> None:
         require(queued.key == key and queued.plan is None, f"{key!r}: bad queued txn")
 
 
+def check_key(key: str, rec: KeyRecord, txns: Mapping[int, Txn]) -> list[int]:
+    """One key's rules, and that its transactions are registered; returns their ids."""
+    check_record(key, rec)
+    live = ([rec.active] if rec.active is not None else []) + list(rec.queue)
+    for txn in live:
+        require(txns.get(txn.txn_id) is txn, f"txn {txn.txn_id} is not registered")
+    for txn in rec.queue:
+        require(not txn.waits, f"queued txn {txn.txn_id} waits on copies")
+    return [txn.txn_id for txn in live]
+
+
 def check_directory(keys: Mapping[str, KeyRecord], txns: Mapping[int, Txn]) -> None:
     seen: set[int] = set()
     for key in sorted(keys):
-        rec = keys[key]
-        check_record(key, rec)
-        live = ([rec.active] if rec.active is not None else []) + list(rec.queue)
-        for txn in live:
-            require(txns.get(txn.txn_id) is txn, f"txn {txn.txn_id} is not registered")
-            require(txn.txn_id not in seen, f"txn {txn.txn_id} appears twice")
-            seen.add(txn.txn_id)
-        for txn in rec.queue:
-            require(not txn.waits, f"queued txn {txn.txn_id} waits on copies")
+        for txn_id in check_key(key, keys[key], txns):
+            require(txn_id not in seen, f"txn {txn_id} appears twice")
+            seen.add(txn_id)
     require(seen == set(txns), f"registered txns not on any key: {sorted(set(txns) - seen)}")

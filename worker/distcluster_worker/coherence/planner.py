@@ -1,16 +1,17 @@
 """Pure functions that turn a key's record into the plan of the transaction starting on it.
 
 Reads pick a supplier so that data comes from a cache when one can serve it: the M/E owner
-(which drops to S, writing back first if in M), else the first live sharer in name order
+(which drops to S, writing back first if in M), else the first sharer in name order
 (deterministic), else memory. The requester ends in E only when no other copy exists.
-A departed owner (left the cluster, lease not yet out) cannot be told to drop to S, so the
-read is served from memory without granting a copy (requester state I): granting S beside
-an exclusive copy would break the invariant the simulation checks, and the reader loses only
-caching, not correctness. The same holds during the grace period of a new home, which cannot
-know what copies its predecessor granted.
+During the grace period of a new home, which cannot know what copies its predecessor
+granted, a read is served from memory without granting a copy (requester state I):
+granting one beside an exclusive copy it does not know would break the one-owner rule,
+and the reader loses only caching, not correctness. The same holds when an exclusive
+supplier does not answer (`Directory.supplier_failed`).
 
-Writes invalidate every other copy, departed or not, and may complete once each has
-acknowledged or its lease has run out (`wait_until`), and not before the grace period ends.
+Writes invalidate every other copy (and the writer's own, unless it dropped exactly the
+copy the home recorded for it) and may complete once each has acknowledged or its lease
+has run out (`wait_until`), and not before the grace period ends.
 """
 
 from __future__ import annotations
@@ -27,10 +28,7 @@ def read_plan(rec: KeyRecord, txn: Txn, now: int, grace_until: int) -> Plan:
         return base
     owner = next((n for n in sorted(others) if others[n].state.exclusive), None)
     if owner is not None:
-        copy = others[owner]
-        if copy.departed:
-            return base
-        write_back = owner if copy.state is MesiState.M else None
+        write_back = owner if others[owner].state is MesiState.M else None
         return Plan(
             txn.txn_id,
             txn.key,
@@ -43,15 +41,20 @@ def read_plan(rec: KeyRecord, txn: Txn, now: int, grace_until: int) -> Plan:
             downgrade=frozenset({owner}),
         )
     if others:
-        live = [n for n in sorted(others) if not others[n].departed]
-        supplier = live[0] if live else None
+        supplier = min(others)
         return Plan(txn.txn_id, txn.key, txn.node, TxnKind.READ, MesiState.S, rec.version, supplier)
     return Plan(txn.txn_id, txn.key, txn.node, TxnKind.READ, MesiState.E, rec.version)
 
 
 def write_plan(rec: KeyRecord, txn: Txn, grace_until: int) -> Plan:
-    """The plan of a write or delete; the caller records `issued` and the txn's waits."""
-    waits = {n: c.lease_until for n, c in rec.copies.items() if n != txn.node}
+    """The plan of a write or delete; the caller records `issued` and the txn's waits.
+
+    The writer's own copy is a target too unless it is the one the writer said it dropped
+    (`Txn.dropped`): see `Directory.request_write`.
+    """
+    waits = {
+        n: c.lease_until for n, c in rec.copies.items() if n != txn.node or c.grant != txn.dropped
+    }
     wait_until = max([*waits.values(), grace_until])
     state = MesiState.M if txn.kind is TxnKind.WRITE else MesiState.I
     return Plan(

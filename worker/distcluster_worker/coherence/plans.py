@@ -2,7 +2,7 @@
 
 A request either starts at once (`Plan`) or waits behind the key's running transaction
 (`Queued`); a queued request's `Plan` is returned later by whichever call finished the
-transaction ahead of it (`complete`, `abort`, `node_left`), so the home's shell must route
+transaction ahead of it (`complete` or `abort`), so the home's shell must route
 it to the requesting node. A plan is computed when the transaction starts, never when it
 was queued, because the copies may have changed in between.
 """
@@ -37,11 +37,12 @@ class Plan:
 
     Reads: fetch from `supplier` (a peer) or from memory when it is None; `write_back` names
     the M holder that writes back first; `downgrade` the former M/E holder that becomes S.
-    `requester_state` is I for an uncached read (a departed node may still serve an
-    exclusive copy until its lease ends, so no new copy may be granted beside it).
+    `requester_state` is I for an uncached read (during a home's grace period, or when an
+    exclusive supplier did not answer: it may still hold its copy until its lease ends,
+    so no new copy may be granted beside it).
     Writes and deletes: send `bus_invalidate` to every node in `invalidate`; the write may
     complete once each has acknowledged (`ack_invalidate`) or `wait_until` has passed, which
-    is when the last lease among them (and any departed node's) runs out. Only then may the
+    is when the last lease among them runs out (or the grace period ends). Only then may the
     shell write memory. `version` is what a read returns or the version a write creates.
     """
 

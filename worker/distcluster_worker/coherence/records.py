@@ -6,9 +6,9 @@ and the queue behind it. `issued` exists because a write that is aborted after i
 write may or may not have landed: its version is burned, never reused, so versions in
 memory only ever grow.
 
-A copy whose node has left the cluster is kept, flagged `departed`, until its lease runs
-out: the node may be alive behind a partition and still answering reads, so a later write
-must wait for that lease exactly as for a live copy that does not answer.
+A copy is kept until it is invalidated, evicted or its lease runs out, whatever the
+membership says: a node that looks dead may be alive behind a partition and still
+answering reads, so a later write must wait for its lease like for any silent copy.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ class Copy:
     state: MesiState
     lease_until: int
     grant: int
-    departed: bool = False
 
 
 @dataclass(slots=True)
@@ -36,6 +35,7 @@ class Txn:
     kind: TxnKind
     plan: Plan | None = None  # None while queued
     waits: dict[str, int] = field(default_factory=dict)  # copies to invalidate -> lease end
+    dropped: int | None = None  # writes: the grant the writer dropped when it began
 
     @property
     def is_write(self) -> bool:

@@ -1,11 +1,14 @@
-"""Per-key fences that stop a late reply from installing a copy it must not install. Pure.
+"""Per-key fences that stop a late reply from installing a copy it must not install.
 
 Replies travel concurrently with the home's next transaction on the key, so a node can see
 an invalidation (or a downgrade) before the reply of an older grant arrives. Grants are
-ordered ``(epoch, txn)`` pairs. An invalidation of write ``w`` fences every grant older
-than ``w``: such a reply carries a value the write replaced. A downgrade (a peer read the
-line while this node's write reply was in flight) turns an older exclusive grant into S.
-A fence can be forgotten ``keep_ms`` after it was set: a reply that old is past its lease.
+ordered ``(epoch, txn)`` pairs: the home's incarnation, then its transaction number, so a
+restarted home's grants order after all of its previous life's. An invalidation by write
+``w`` fences every grant older than ``w``: such a reply carries a value the write replaced
+(``w``'s own grant passes: its writer may be among the nodes ``w`` invalidates).
+A downgrade (a peer read the line while this node's exclusive grant was in flight) turns
+an older exclusive grant into S. A fence can be forgotten ``keep_ms`` after it was set: a
+reply that old is past its lease, and the copy table refuses it for that reason alone.
 """
 
 from __future__ import annotations
@@ -13,12 +16,10 @@ from __future__ import annotations
 Grant = tuple[int, int]
 
 
-def grant_of(wire: list[int]) -> Grant:
-    return (int(wire[0]), int(wire[1]))
-
-
 class Fences:
     def __init__(self, keep_ms: int) -> None:
+        if keep_ms <= 0:
+            raise ValueError("keep_ms must be positive")
         self.keep_ms = keep_ms
         self._inval: dict[str, tuple[Grant, int]] = {}
         self._down: dict[str, tuple[Grant, int]] = {}
@@ -30,9 +31,11 @@ class Fences:
         _raise(self._down, key, txn, now_ms)
 
     def admits(self, key: str, grant: Grant) -> bool:
-        """Whether a copy granted by `grant` may be installed (no newer write seen)."""
+        """Whether a copy granted by `grant` may be installed: not older than any write
+        seen invalidating (a write's own grant is the write's txn, so it passes its own
+        invalidation of the writer's older copy)."""
         fence = self._inval.get(key)
-        return fence is None or grant > fence[0]
+        return fence is None or grant >= fence[0]
 
     def must_share(self, key: str, grant: Grant) -> bool:
         """Whether an exclusive copy granted by `grant` must be installed as S."""
