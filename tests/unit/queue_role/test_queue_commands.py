@@ -62,3 +62,30 @@ def test_dead_letter_split_and_trim_threshold() -> None:
     assert cmd.trim_threshold([("9-0", "4-0"), ("7-3", None)]) == "4-0"
     assert cmd.trim_threshold([("10-0", None), ("9-5", None)]) == "9-6"
     assert cmd.id_age_ms("1000-0", 1500) == 500
+
+
+def test_script_builders_put_keys_and_args_where_the_scripts_read_them() -> None:
+    assert cmd.publish_batch("s", ["1", "2"]) == (["s"], ["1", "2"])
+    assert cmd.ack_each("s", "g", ["1-0", "2-0"]) == (["s"], ["g", "1-0", "2-0"])
+    assert cmd.consume_first("s", "g", "c", 10, 500, True) == (["s"], ["g", "c", 10, 500, 1])
+    assert cmd.consume_first("s", "g", "c", 10, 500, False)[1][-1] == 0
+
+
+def test_consume_script_reply_is_parsed_in_both_shapes() -> None:
+    nothing_pending = [[], [], 1, b"1-0,2-0", b'["x",{"k":1}]']
+    first = cmd.parse_consume_first(nothing_pending)
+    assert (first.own, first.idle, first.read_new) == ([], [], True)
+    assert first.new_ids == ["1-0", "2-0"] and first.new_bodies_json == b'["x",{"k":1}]'
+    empty = cmd.parse_consume_first([[], [], 1, b"", b"[]"])
+    assert empty.read_new and empty.new_ids == [] and empty.new_bodies_json == b"[]"
+    pending = [[[b"1-0", b"c", 7, 2]], [[b"2-0", b"d", 900, 1]], 0, b"", b"[]"]
+    first = cmd.parse_consume_first(pending)
+    assert first.own == [Pending("1-0", "c", 7, 2)] and first.idle == [Pending("2-0", "d", 900, 1)]
+    assert not first.read_new and first.new_ids == []
+    assert cmd.parse_consume_first([[], [], 1, "3-0", '["y"]']).new_bodies_json == b'["y"]'
+
+
+def test_ack_and_publish_script_replies() -> None:
+    assert cmd.parse_acked(b"101") == [True, False, True]
+    assert cmd.parse_acked("") == []
+    assert cmd.parse_ids(b"1-0") == ["1-0"] and cmd.parse_ids(b"") == []

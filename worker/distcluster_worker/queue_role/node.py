@@ -29,12 +29,13 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from distcluster_worker.membership import Changes, MemberState
 from distcluster_worker.queue_role import models as m
 from distcluster_worker.queue_role.settings import QueueSettings, load_queue_settings
-from distcluster_worker.queue_role.store import StreamStore
+from distcluster_worker.queue_role.store import StreamStorage, StreamStore
 from distcluster_worker.shell.cluster_view import ClusterView
 from distcluster_worker.shell.config import Settings
 from distcluster_worker.shell.errors import ApiError, parse_json
@@ -52,12 +53,21 @@ class QueueNode(BaseNode):
     role = "queue"
 
     def __init__(
-        self, settings: Settings, *, queue_settings: QueueSettings | None = None, **kwargs: Any
+        self,
+        settings: Settings,
+        *,
+        queue_settings: QueueSettings | None = None,
+        store: StreamStorage | None = None,
+        **kwargs: Any,
     ) -> None:
+        """``store`` replaces the Redis ``StreamStore`` (tests pass the in-memory twin)."""
         super().__init__(settings, **kwargs)
         self.q = queue_settings if queue_settings is not None else load_queue_settings()
-        self.view = ClusterView.for_peers(settings.node_id, settings.peer_urls, self.q)
-        self._store: StreamStore | None = None
+        # Parsed once: ``Settings.peer_urls`` parses PEERS on every call, and every
+        # forwarded request needs the owner's URL.
+        self.peer_urls = settings.peer_urls
+        self.view = ClusterView.for_peers(settings.node_id, self.peer_urls, self.q)
+        self._store: StreamStorage | None = store
         self._tasks: list[asyncio.Task[None]] = []
         self._redis_ok = False
         self._beats: Heartbeats | None = None
@@ -87,7 +97,7 @@ class QueueNode(BaseNode):
         live.set_function(lambda: float(len(self.view.ring)))
 
     @property
-    def store(self) -> StreamStore:
+    def store(self) -> StreamStorage:
         if self._store is None:
             raise RuntimeError("the stream store exists only after start()")
         return self._store
@@ -95,7 +105,8 @@ class QueueNode(BaseNode):
     # -- life cycle ------------------------------------------------------------------
 
     async def on_start(self) -> None:
-        self._store = StreamStore(self.redis, self.settings.redis_key("queue"), self.q)
+        if self._store is None:
+            self._store = StreamStore(self.redis, self.settings.redis_key("queue"), self.q)
         self._beats = Heartbeats.for_node(
             self,
             self.view,
@@ -116,6 +127,8 @@ class QueueNode(BaseNode):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self._store is not None:
+            await self._store.close()
 
     def readiness(self) -> tuple[bool, str]:
         if not self._redis_ok:
@@ -225,8 +238,7 @@ class QueueNode(BaseNode):
         bodies = body.bodies()
         _check_max("messages", len(bodies), self.q.max_batch)
         owner = self.view.owner(body.topic)
-        payload = body.model_dump(exclude_none=True)
-        forwarded = await self._forward(request, owner, payload, self.settings.rpc_timeout_ms)
+        forwarded = await self._forward(request, owner, body, self.settings.rpc_timeout_ms)
         if forwarded is not None:
             return forwarded
         loop = asyncio.get_running_loop()
@@ -245,8 +257,7 @@ class QueueNode(BaseNode):
         _check_max("visibility_ms", visibility_ms, self.q.max_visibility_ms)
         owner = self.view.owner(body.topic)
         timeout_ms = self.settings.rpc_timeout_ms + body.block_ms
-        payload = body.model_dump(exclude_none=True)
-        forwarded = await self._forward(request, owner, payload, timeout_ms)
+        forwarded = await self._forward(request, owner, body, timeout_ms)
         if forwarded is not None:
             return forwarded
         result = await _redis(
@@ -284,8 +295,7 @@ class QueueNode(BaseNode):
         body = await parse_json(request, m.AckRequest)
         _check_max("ids", len(body.ids), self.q.max_batch)
         owner = self.view.owner(body.topic)
-        payload = body.model_dump()
-        forwarded = await self._forward(request, owner, payload, self.settings.rpc_timeout_ms)
+        forwarded = await self._forward(request, owner, body, self.settings.rpc_timeout_ms)
         return body, owner, forwarded
 
     async def _stats(self, request: web.Request) -> web.Response:
@@ -304,10 +314,14 @@ class QueueNode(BaseNode):
     # -- helpers ---------------------------------------------------------------------
 
     async def _forward(
-        self, request: web.Request, owner: str, payload: dict[str, Any], timeout_ms: int
+        self, request: web.Request, owner: str, body: BaseModel, timeout_ms: int
     ) -> web.Response | None:
-        """The owner's answer, or None when this node must serve the request itself."""
-        url = self.settings.peer_urls.get(owner)
+        """The owner's answer, or None when this node must serve the request itself.
+
+        The body is serialised again only when it is sent: most requests (and all at the
+        owner) are served here, and a batch is costly to dump for nothing.
+        """
+        url = self.peer_urls.get(owner)
         if owner == self.settings.node_id or url is None or request.query.get("hops"):
             return None
         if self.view.membership.state(owner) is MemberState.SUSPECT:
@@ -315,6 +329,7 @@ class QueueNode(BaseNode):
             self.m_forwarded.labels("skipped_suspect").inc()
             return None
         path = f"{request.path}?hops=1"
+        payload = body.model_dump(exclude_none=True)
         try:
             status, reply = await self.rpc.post_json(
                 url, path, payload, timeout_ms=timeout_ms, retries=0

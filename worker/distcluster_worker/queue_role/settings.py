@@ -12,6 +12,8 @@ Bounds that are not obvious:
 * ``QUEUE_MAX_VISIBILITY_MS`` is at most one day, because ``nack`` marks entries as idle
   for ``NACK_IDLE_MS`` (11.5 days), which must exceed any visibility timeout.
 * Heartbeats must be more frequent than suspicion, and suspicion earlier than death.
+* ``QUEUE_IDLE_SCAN_INTERVAL_MS`` (at most a minute) is how much later than
+  ``visibility_ms`` an unacked entry may be redelivered (see ``idle_scans.py``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class QueueSettings(BaseModel):
     dead_letter_maxlen: int = Field(default=100_000, ge=1)
     idempotency_ttl_ms: int = Field(default=86_400_000, gt=0)
     trim_interval_ms: int = Field(default=1000, ge=0)
+    idle_scan_interval_ms: int = Field(default=100, ge=0, le=60_000)
 
     @model_validator(mode="after")
     def _check_relations(self) -> QueueSettings:
