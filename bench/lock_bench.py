@@ -1,8 +1,9 @@
 """Lock manager throughput, latency and failover, against a raw Redis lock baseline.
 
-`python -m bench.lock_bench [--duration S] [--quick]` starts its own Redis (AOF,
-appendfsync everysec: the persistence both sides run with) and a 3-node lock_manager
-cluster on free ports, then prints one JSON document on stdout (progress goes to stderr).
+`python -m bench.lock_bench [--duration S] [--quick] [--cases ...] [--transports ...]
+[--failover-rounds N]` starts its own Redis (AOF, appendfsync everysec: the persistence
+both sides run with) and a 3-node lock_manager cluster on free ports, then prints one JSON
+document on stdout (progress goes to stderr).
 
 A *cycle* is acquire then release. Each case runs N concurrent clients for `--duration`
 seconds, either on N distinct resources or all on one resource (with a large `wait_ms`, so
@@ -17,6 +18,13 @@ retried every 1 ms while taken, released by a compare-and-delete Lua script. It 
 fencing, no FIFO hand-over, no deadlock detection and no replication, so the ratio is the
 price of those, not a like-for-like race.
 
+Transports A/B: a second 3-node cluster on the same Redis runs with the other
+`RAFT_TRANSPORT` (default: the measured cluster streams, the compared one posts HTTP).
+The cases of `AB_CASES` run on it right after the first cluster and before the baseline,
+so the two transports are compared within the same minute of a shared, noisy machine;
+each such case reports both under `transports`. The idle cluster costs the other one a
+little CPU (heartbeats), in every case alike.
+
 Failover: the leader is SIGKILLed (then restarted) `failover_rounds` times; a sample is the
 time from the kill to the next successful acquire through a surviving node.
 """
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import sys
 import time
 import uuid
@@ -51,6 +60,15 @@ BASELINE_RETRY_S = 0.001
 FAILOVER_ROUNDS = 10
 FAILOVER_GIVE_UP_S = 30.0
 PERSISTENCE = "appendonly yes, appendfsync everysec"
+TRANSPORTS = ("stream", "http")
+"""`RAFT_TRANSPORT` of the cluster under test first, then the ones compared with it."""
+AB_CASES = ("distinct-64", "single-64")
+"""Cases also run on the compared transports' clusters, right after the first one's."""
+EXTRA_HELP = """lock_bench options besides --duration and --quick:
+  --cases NAMES          comma list of case names (distinct-64,single-64,...); default all
+  --transports T1,T2     RAFT_TRANSPORT of the measured cluster, then of compared ones
+                         (default stream,http; "stream" alone skips the comparison)
+  --failover-rounds N    SIGKILLs of the leader (default 10, 3 with --quick, 0 skips)"""
 NODE_ENV = {"LOG_LEVEL": "WARNING"}
 
 RELEASE_LUA = """
@@ -72,6 +90,12 @@ class Measure:
     latencies_s: list[float] = field(default_factory=list)
     errors: int = 0
     elapsed_s: float = 0.0
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU seconds spent during the case, by process group (see `cpu_seconds`)."""
+
+    def cpu_us_per_cycle(self) -> dict[str, float]:
+        cycles = len(self.latencies_s)
+        return {k: round(v / cycles * 1e6) for k, v in self.cpu_s.items()} if cycles else {}
 
     @property
     def cycles_per_s(self) -> float:
@@ -242,6 +266,8 @@ def case_report(
         "baseline_p99_ms": round(base.percentile_ms(99), 2),
         "baseline_errors": base.errors,
         "ratio": round(ours.cycles_per_s / base.cycles_per_s, 4) if base.cycles_per_s else None,
+        "cpu_us_per_cycle": ours.cpu_us_per_cycle(),
+        "baseline_cpu_us_per_cycle": base.cpu_us_per_cycle(),
     }
 
 
@@ -254,29 +280,121 @@ def failover_report(samples_s: list[float]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Case:
+    """One row of the report: how many clients, on which resources, sent where."""
+
+    pattern: str  # "distinct" | "single"
+    clients: int
+    route: str = "leader"  # "leader" | "spread"
+
+    @property
+    def name(self) -> str:
+        return f"{self.pattern}-{self.clients}" + ("-spread" if self.route == "spread" else "")
+
+
+def all_cases(counts: tuple[int, ...]) -> list[Case]:
+    cases = [Case(p, c) for p in PATTERNS for c in counts]
+    return [*cases, Case("distinct", max(counts), "spread")]
+
+
+def cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
+    """User + system CPU seconds of each process so far, from /proc (Linux), and this
+    client process's own (`client`); a process that cannot be read counts 0.
+
+    CPU per cycle is the figure the shared, noisy machine disturbs least: throughput
+    moves with whatever else runs, the work a cycle costs much less.
+    """
+    found = {"client": time.process_time()}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            found[name] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            found[name] = 0.0
+    return found
+
+
+async def measured(
+    pids: dict[str, int | None], cycle: Cycle, case: Case, resources: list[str], duration_s: float
+) -> Measure:
+    """`run_case`, with the CPU each process group of `pids` spent on it."""
+    before = cpu_seconds(pids)
+    measure = await run_case(cycle, case.clients, resources, duration_s)
+    after = cpu_seconds(pids)
+    measure.cpu_s = {name: after[name] - before[name] for name in after}
+    return measure
+
+
+async def measure_cluster(
+    session: aiohttp.ClientSession,
+    cluster: LocalCluster,
+    redis_pid: int | None,
+    case: Case,
+    duration_s: float,
+) -> Measure:
+    leader = await wait_leader(session, cluster.urls)
+    urls = [cluster.urls[leader]] if case.route == "leader" else list(cluster.urls.values())
+    resources = case_resources(f"{cluster.cluster_name}-{case.name}", case.pattern, case.clients)
+    pids = {"leader": cluster.nodes[leader].pid, "redis": redis_pid}
+    pids.update({f"follower-{n}": p.pid for n, p in cluster.nodes.items() if n != leader})
+    measure = await measured(pids, ClusterClient(session, urls).cycle, case, resources, duration_s)
+    followers = [v for k, v in measure.cpu_s.items() if k.startswith("follower-")]
+    measure.cpu_s = {
+        "leader": measure.cpu_s["leader"],
+        "followers": sum(followers),
+        "redis": measure.cpu_s["redis"],
+        "client": measure.cpu_s["client"],
+    }
+    return measure
+
+
+def transport_report(ours: Measure, base: Measure) -> dict[str, Any]:
+    return {
+        "cycles_per_s": round(ours.cycles_per_s, 1),
+        "p50_ms": round(ours.percentile_ms(50), 2),
+        "p99_ms": round(ours.percentile_ms(99), 2),
+        "errors": ours.errors,
+        "ratio": round(ours.cycles_per_s / base.cycles_per_s, 4) if base.cycles_per_s else None,
+        "cpu_us_per_cycle": ours.cpu_us_per_cycle(),
+    }
+
+
 async def run_cases(
-    cluster: LocalCluster, redis_url: str, duration_s: float, counts: tuple[int, ...]
+    clusters: dict[str, LocalCluster],
+    redis: RedisServer,
+    duration_s: float,
+    cases: list[Case],
+    compare: tuple[str, ...],
 ) -> list[dict[str, Any]]:
+    """Each case on the first cluster, then (for `compare` cases) on the others, then the
+    baseline: back to back, so every ratio and the A/B come from the same minute."""
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=WAIT_MS / 1000 + 30)
-    redis_client = aioredis.Redis.from_url(redis_url, max_connections=256)
+    redis_client = aioredis.Redis.from_url(redis.url, max_connections=256)
+    redis_pids = {"redis": redis.pid}
+    primary, *others = clusters
     reports: list[dict[str, Any]] = []
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             base = RedisLockClient(redis_client)
-            cases = [(p, c, "leader") for p in PATTERNS for c in counts]
-            cases.append(("distinct", max(counts), "spread"))
-            for pattern, clients, route in cases:
-                name = f"{pattern}-{clients}" + ("-spread" if route == "spread" else "")
-                log(f"case {name}: cluster, then baseline ({duration_s} s each)")
-                leader = await wait_leader(session, cluster.urls)
-                urls = [cluster.urls[leader]] if route == "leader" else list(cluster.urls.values())
-                ours = ClusterClient(session, urls)
-                resources = case_resources(f"bench-{name}", pattern, clients)
-                mine = await run_case(ours.cycle, clients, resources, duration_s)
-                theirs = await run_case(base.cycle, clients, resources, duration_s)
-                report = case_report(name, clients, pattern, mine, theirs)
-                reports.append({**report, "route": route})
+            for case in cases:
+                log(f"case {case.name}: {', '.join(clusters)}, then baseline ({duration_s} s each)")
+                names = [primary, *(others if case.name in compare else [])]
+                ours = {
+                    name: await measure_cluster(
+                        session, clusters[name], redis.pid, case, duration_s
+                    )
+                    for name in names
+                }
+                resources = case_resources(f"base-{case.name}", case.pattern, case.clients)
+                theirs = await measured(redis_pids, base.cycle, case, resources, duration_s)
+                report = case_report(case.name, case.clients, case.pattern, ours[primary], theirs)
+                report["route"] = case.route
+                if len(ours) > 1:
+                    report["transports"] = {n: transport_report(m, theirs) for n, m in ours.items()}
+                reports.append(report)
     finally:
         await redis_client.aclose()
     return reports
@@ -291,51 +409,92 @@ async def run_failover(cluster: LocalCluster, rounds: int) -> list[float]:
     return samples
 
 
-def start_cluster(workdir: Path, redis_url: str) -> LocalCluster:
+def start_cluster(workdir: Path, redis_url: str, transport: str) -> LocalCluster:
+    """A 3-node cluster sending Raft messages over `transport` (`RAFT_TRANSPORT`)."""
     cluster = LocalCluster(
         role="lock_manager",
         nodes=NODES,
         base_port=free_port_block(NODES),
         redis_url=redis_url,
-        cluster_name="bench",
+        cluster_name=f"bench-{transport}",
         workdir=workdir,
-        extra_env=NODE_ENV,
+        extra_env={**NODE_ENV, "RAFT_TRANSPORT": transport},
         log_dir=workdir / "logs",
     )
-    cluster.start(wait_ready_s=60)
+    try:
+        cluster.start(wait_ready_s=60)
+    except BaseException:
+        cluster.stop()
+        raise
     return cluster
+
+
+def log_tails(workdir: Path, lines: int = 20) -> None:
+    """The end of every node log, on stderr: the temporary directory goes with the run."""
+    for path in sorted(workdir.glob("*/logs/*.log")):
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        log(f"----- {path.parent.parent.name}/{path.name} -----\n" + "\n".join(tail))
 
 
 async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     duration_s = 1.0 if args.quick else args.duration
-    rounds = 3 if args.quick else FAILOVER_ROUNDS
+    rounds = (
+        args.failover_rounds
+        if args.failover_rounds is not None
+        else (3 if args.quick else FAILOVER_ROUNDS)
+    )
+    cases = [c for c in all_cases(CLIENT_COUNTS) if not args.cases or c.name in args.cases]
     redis = RedisServer(data_dir=workdir / "redis", appendonly=True, appendfsync="everysec")
     redis.start()
-    cluster: LocalCluster | None = None
+    clusters: dict[str, LocalCluster] = {}
     try:
-        cluster = await asyncio.to_thread(start_cluster, workdir, redis.url)
+        for transport in args.transports:
+            (workdir / transport).mkdir()
+            clusters[transport] = await asyncio.to_thread(
+                start_cluster, workdir / transport, redis.url, transport
+            )
         started = time.monotonic()
-        cases = await run_cases(cluster, redis.url, duration_s, CLIENT_COUNTS)
-        failover = failover_report(await run_failover(cluster, rounds))
+        reports = await run_cases(clusters, redis, duration_s, cases, AB_CASES)
+        primary = args.transports[0]
+        for name in args.transports[1:]:
+            await asyncio.to_thread(clusters.pop(name).stop)
+        samples = await run_failover(clusters[primary], rounds) if rounds else []
         return {
             "redis_persistence": PERSISTENCE,
             "nodes": NODES,
             "duration_s_per_case": duration_s,
             "client_process": "one uvloop process, aiohttp keep-alive, leader-directed",
-            "cases": cases,
-            "failover": failover,
+            "transport": primary,
+            "compared_transports": {"with": args.transports[1:], "cases": list(AB_CASES)},
+            "cases": reports,
+            "failover": failover_report(samples),
             "wall_s": round(time.monotonic() - started, 1),
         }
+    except BaseException:
+        log_tails(workdir)
+        raise
     finally:
-        if cluster is not None:
+        for cluster in clusters.values():
             await asyncio.to_thread(cluster.stop)
         redis.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--cases", type=lambda v: set(v.split(",")), default=None)
+    extra.add_argument("--transports", type=lambda v: v.split(","), default=list(TRANSPORTS))
+    extra.add_argument("--failover-rounds", type=int, default=None)
+    known, rest = extra.parse_known_args(argv)
+    if "-h" in rest or "--help" in rest:
+        print(EXTRA_HELP)
     args = common.parse_args(
-        "lock_bench", __doc__, argv, duration=5.0, quick="1 s cases, 3 failovers"
+        "lock_bench", __doc__, rest, duration=5.0, quick="1 s cases, 3 failovers"
     )
+    for name, value in vars(known).items():
+        setattr(args, name, value)
+    if not args.transports or not set(args.transports) <= set(TRANSPORTS):
+        print(f"--transports: a comma list of {', '.join(TRANSPORTS)}", file=sys.stderr)
+        return 2
     return common.main("lock_bench", args, bench)
 
 

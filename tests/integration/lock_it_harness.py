@@ -252,6 +252,11 @@ class LockCluster:
             return None
         return reply.body if reply.status == 200 and isinstance(reply.body, dict) else None
 
+    async def metric(self, node: str, name: str, **labels: str) -> float | None:
+        """One sample of `node`'s `/metrics` (the sum over any labels not given), or None."""
+        reply = await self.call(node, "GET", "/metrics", timeout_s=5.0)
+        return metric_value(str(reply.body), name, labels)
+
     async def statuses(self, nodes: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
         """Status of every answering node among `nodes` (default: the live ones)."""
         chosen = list(self.live_ids if nodes is None else nodes)
@@ -357,6 +362,18 @@ def _agreed_leader(
     term = found[leaders[0]].get("term")
     agree = all(s.get("leader_id") == leaders[0] and s.get("term") == term for s in found.values())
     return (leaders[0], int(term)) if agree and isinstance(term, int) else None
+
+
+def metric_value(text: str, name: str, labels: Mapping[str, str]) -> float | None:
+    """The sum of the samples of `name` whose labels include `labels`; None if none."""
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    found: list[float] = []
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        metric_name, _, label_text = series.partition("{")
+        if metric_name == name and all(w in label_text for w in wanted):
+            found.append(float(value))
+    return sum(found) if found else None
 
 
 def _parse(text: str) -> Any:

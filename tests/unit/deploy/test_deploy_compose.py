@@ -14,6 +14,8 @@ import yaml
 
 from distcluster_worker.cache_role.settings import ENV_PREFIX as CACHE_PREFIX
 from distcluster_worker.cache_role.settings import CacheSettings
+from distcluster_worker.lock_role.settings import ENV_PREFIX as LOCK_PREFIX
+from distcluster_worker.lock_role.settings import LockRoleSettings
 from distcluster_worker.queue_role.settings import ENV_PREFIX as QUEUE_PREFIX
 from distcluster_worker.queue_role.settings import QueueSettings
 from distcluster_worker.shell.config import Settings
@@ -42,6 +44,7 @@ def node_defaults() -> dict[str, str]:
     found: dict[str, str] = {}
     for prefix, model in (
         ("", Settings),
+        (LOCK_PREFIX, LockRoleSettings),
         (QUEUE_PREFIX, QueueSettings),
         (CACHE_PREFIX, CacheSettings),
     ):

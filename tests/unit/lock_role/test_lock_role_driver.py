@@ -1,7 +1,8 @@
 """The Raft driver and lock service wired in-process: in-memory storage and transport.
 
 These run the real asyncio shell (locks, sender tasks, proposal batching, ReadIndex)
-without sockets or Redis, so they are fast and show the shell's own logic.
+without sockets or Redis, so they are fast and show the shell's own logic. Every test runs
+over both transports: HTTP-style calls (`send`) and streams over memory pipes.
 """
 
 from __future__ import annotations
@@ -15,9 +16,23 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from distcluster_worker.lock_role.driver import RaftDriver
+from distcluster_worker.lock_role.driver import (
+    LEADER_COMPACTION_DEFER,
+    Deliver,
+    LinkFactory,
+    RaftDriver,
+    compaction_due,
+)
+from distcluster_worker.lock_role.frames import Backoff
 from distcluster_worker.lock_role.service import LockService, QuorumUnavailableError
 from distcluster_worker.lock_role.storage import InMemoryRaftStorage
+from distcluster_worker.lock_role.stream import (
+    FrameConn,
+    InboundStream,
+    MemoryConn,
+    StreamLink,
+    memory_pipe,
+)
 from distcluster_worker.locks.outcomes import Granted, Refused, Released
 from distcluster_worker.raft.messages import Message
 from distcluster_worker.raft.node import NotLeader, RaftConfig, RaftNode
@@ -28,11 +43,41 @@ LOG = logging.getLogger("test.driver")
 
 @dataclass
 class Cluster:
+    transport: str = "http"
     drivers: dict[str, RaftDriver] = field(default_factory=dict)
     services: dict[str, LockService] = field(default_factory=dict)
     storages: dict[str, InMemoryRaftStorage] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
     now_ms: int = 1_000_000
+    pipes: list[tuple[str, str, MemoryConn]] = field(default_factory=list)
+    inbound: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def cut(self, *node_ids: str) -> None:
+        """Take nodes off the network: calls fail, open streams close, redials fail."""
+        self.down.update(node_ids)
+        for src, dst, conn in self.pipes:
+            if src in self.down or dst in self.down:
+                await conn.close()
+
+    def links_for(self, src: str) -> LinkFactory | None:
+        if self.transport != "stream":
+            return None
+
+        def link(peer: str, deliver: Deliver) -> StreamLink:
+            async def connect() -> FrameConn:
+                if src in self.down or peer in self.down:
+                    raise ConnectionError(f"{src}->{peer} is cut")
+                local, remote = memory_pipe()
+                self.pipes.append((src, peer, local))
+                stream = InboundStream(remote, src, self.drivers[peer].receive, log=LOG)
+                self.inbound.append(asyncio.create_task(stream.run()))
+                return local
+
+            return StreamLink(
+                peer, connect, on_replies=deliver, log=LOG, backoff=Backoff(0.005, 0.02)
+            )
+
+        return link
 
     def send_for(self, src: str):  # type: ignore[no-untyped-def]
         async def send(peer: str, path: str, messages: list[Message]) -> list[Message]:
@@ -61,6 +106,7 @@ class Cluster:
             snapshot_entries=20,
             log=LOG,
             on_tick=service.on_tick,
+            links=self.links_for(node_id),
         )
         service.driver = driver
         self.drivers[node_id], self.services[node_id] = driver, service
@@ -82,14 +128,17 @@ class Cluster:
                 await asyncio.sleep(0.01)
 
 
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    c = Cluster()
+@pytest.fixture(params=["http", "stream"])
+async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+    c = Cluster(transport=request.param)
     for seed, node_id in enumerate(IDS):
         await c.start(node_id, seed)
     yield c
     for node_id in list(c.drivers):
         await c.stop(node_id)
+    for task in c.inbound:
+        task.cancel()
+    await asyncio.gather(*c.inbound, return_exceptions=True)
 
 
 def _acquire(request_id: str, owner: str, resource: str = "r", wait_ms: int = 0) -> dict:  # type: ignore[type-arg]
@@ -175,7 +224,7 @@ async def test_linearizable_read_sees_a_completed_grant(cluster: Cluster) -> Non
 async def test_minority_leader_grants_nothing_and_answers_unavailable(cluster: Cluster) -> None:
     leader = await cluster.leader()
     others = [i for i in IDS if i != leader]
-    cluster.down.update(others)  # the leader can reach nobody
+    await cluster.cut(*others)  # the leader can reach nobody
     with pytest.raises((QuorumUnavailableError, NotLeader)):
         await cluster.services[leader].execute(_acquire("q1", "alice"))
     assert cluster.services[leader].table.view("r")["holders"] == []
@@ -186,7 +235,7 @@ async def test_restart_recovers_state_from_storage(cluster: Cluster) -> None:
     granted = await cluster.services[leader].execute(_acquire("q1", "alice"))
     assert isinstance(granted, Granted)
     await cluster.stop(leader)
-    cluster.down.add(leader)
+    await cluster.cut(leader)
     new_leader = await cluster.leader()
     assert new_leader != leader
     cluster.down.discard(leader)
@@ -197,3 +246,56 @@ async def test_restart_recovers_state_from_storage(cluster: Cluster) -> None:
     assert [(h["owner"], h["token"]) for h in holders] == [("alice", granted.token)]
     stored = json.dumps(cluster.storages[leader].hard_state.term)
     assert int(stored) >= 1
+
+
+# -- compaction ------------------------------------------------------------------------------
+
+
+def _due(logged: int, **kw: object) -> bool:
+    args: dict = {"leader": True, "stagger": 0, "busy": False, "followers_have_it": lambda: True}  # type: ignore[type-arg]
+    args.update(kw)
+    return compaction_due(logged, 100, **args)
+
+
+def test_followers_compact_at_the_threshold_plus_their_own_stagger() -> None:
+    assert not _due(129, leader=False, stagger=30)
+    assert _due(130, leader=False, stagger=30)
+
+
+def test_a_busy_leader_defers_compaction_up_to_its_cap() -> None:
+    assert not _due(99)
+    assert _due(100)
+    assert not _due(100, busy=True)
+    assert not _due(100 * LEADER_COMPACTION_DEFER - 1, busy=True)
+    assert _due(100 * LEADER_COMPACTION_DEFER, busy=True)
+
+
+def test_a_leader_keeps_entries_a_follower_was_not_sent_yet_up_to_its_cap() -> None:
+    assert not _due(100, followers_have_it=lambda: False)
+    assert _due(100 * LEADER_COMPACTION_DEFER, followers_have_it=lambda: False)
+
+
+async def _ticks(driver: RaftDriver, count: int) -> None:
+    """Let `count` of the driver's ticks pass (a count of ticks, not a duration)."""
+    target = driver._ticks + count
+    while driver._ticks < target:
+        await asyncio.sleep(0.001)
+
+
+async def test_leader_compacts_when_idle_but_not_past_a_cut_off_follower(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    behind = next(i for i in IDS if i != leader)
+    await cluster.cut(behind)
+    service, driver = cluster.services[leader], cluster.drivers[leader]
+    for i in range(30):  # past snapshot_entries=20, short of the cap of 80
+        assert isinstance(await service.execute(_acquire(f"c{i}", "o", resource=f"r{i}")), Granted)
+    await _ticks(driver, 5)
+    assert driver.node.snapshot is None  # `behind` still needs every entry
+    for i in range(30, 90):
+        assert isinstance(await service.execute(_acquire(f"c{i}", "o", resource=f"r{i}")), Granted)
+    await _ticks(driver, 5)
+    snapshot = driver.node.snapshot
+    assert snapshot is not None  # the cap: a dead follower cannot pin the log forever
+    cluster.down.discard(behind)  # it comes back, gets the snapshot, and catches up
+    await asyncio.wait_for(cluster.drivers[behind].wait_applied(driver.node.applied_index), 5)
+    assert cluster.services[behind].table.view("r89")["holders"][0]["owner"] == "o"

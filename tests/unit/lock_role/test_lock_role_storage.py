@@ -124,3 +124,33 @@ async def test_snapshot_written_before_learners_existed_still_loads(redis_url: s
         assert restored.snapshot == Snapshot(4, 2, "state", ("node1", "node2"), ())
     finally:
         await client.aclose()
+
+
+async def test_only_a_plain_append_skips_the_transaction(redis_url: str) -> None:
+    """A new term or vote, a truncation or a snapshot go in MULTI/EXEC; appends at the end
+    with at most a new commit index go as a plain pipeline, and read back the same."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    key = f"test:{uuid.uuid4().hex}:raft:node3"
+    atomic: list[bool] = []
+    pipeline = client.pipeline
+
+    def spy(transaction: bool = True, shard_hint: str | None = None):  # type: ignore[no-untyped-def]
+        atomic.append(transaction)
+        return pipeline(transaction=transaction, shard_hint=shard_hint)
+
+    client.pipeline = spy  # type: ignore[method-assign]
+    try:
+        storage = RedisRaftStorage(client, key)
+        await storage.save(HardState(1, "node1", 0), _entries(1, 2, 1))  # vote: atomic
+        await storage.save(HardState(1, "node1", 2), _entries(3, 2, 1))  # commit only: plain
+        await storage.save(None, _entries(5, 1, 1))  # entries only: plain
+        await storage.save(HardState(2, None, 2), _entries(6, 1, 2))  # new term: atomic
+        await storage.save(None, _entries(5, 1, 2))  # truncates 5..6: atomic
+        assert atomic == [True, False, False, True, True]
+        restored = await RedisRaftStorage(client, key).load()
+        assert restored.hard_state == HardState(2, None, 2)
+        assert [(e.index, e.term) for e in restored.entries] == [(i, 1) for i in range(1, 5)] + [
+            (5, 2)
+        ]
+    finally:
+        await client.aclose()

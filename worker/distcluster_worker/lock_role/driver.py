@@ -9,10 +9,16 @@ the HTTP response to that very request, and it is never sent before it is durabl
 
 Proposals wait in a queue while the lock is busy persisting the previous batch, so
 under load many client commands share one AppendEntries and one Redis write.
-Each peer has sender tasks (two requests in flight, so replication is pipelined) that
-post whatever accumulated for the peer in one request (its replies are stepped back
-in); the queue is bounded because Raft retransmits anything lost, so a dead peer costs
-memory for only a few messages.
+
+The network is one `PeerLink` per peer, made by a `LinkFactory`. By default (the HTTP
+transport) each peer has sender tasks (two requests in flight, so replication is
+pipelined) that post whatever accumulated for the peer in one request and step its
+replies back in. A factory may instead build links that deliver replies whenever they
+arrive (the stream transport): those land in one inbox, and everything that arrived
+from every peer while the lock was busy is stepped together under one acquisition, so a
+leader counts both followers' acknowledgements in one `Ready`. Every queue is bounded
+because Raft retransmits anything lost, so a dead peer costs memory for only a few
+messages.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from distcluster_worker.lock_role.frames import BoundedQueue
 from distcluster_worker.lock_role.storage import RaftStorage
 from distcluster_worker.raft.messages import (
     RESPONSE_TYPES,
@@ -45,9 +53,26 @@ VOTE_PATH = "/raft-vote"
 APPEND_PATH = "/raft-append"
 PEER_QUEUE_LIMIT = 256
 MAILBOX_LIMIT = 256
+INBOX_LIMIT = 1024
+"""Replies delivered by links and not yet stepped; the oldest go first when full."""
+LEADER_COMPACTION_DEFER = 4
+"""A busy leader compacts at the latest after this many times `snapshot_entries`."""
 PEER_INFLIGHT_REQUESTS = 2
 """Requests in flight to one peer: the core pipelines appends, the transport keeps up."""
 REPLICATION_TYPES = (AppendRequest, SnapshotRequest)
+
+
+class PeerLink(Protocol):
+    """Carries this node's messages to one peer; never blocks the caller."""
+
+    def enqueue(self, msg: Message) -> None: ...
+
+    def start(self) -> list[asyncio.Task[None]]: ...
+
+
+Deliver = Callable[[list[Message]], None]
+LinkFactory = Callable[[str, Deliver], PeerLink]
+"""(peer id, where to deliver the peer's replies) -> the link to that peer."""
 
 
 class StateMachine(Protocol):
@@ -72,6 +97,7 @@ class RaftDriver:
         snapshot_entries: int,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger],
         on_tick: Callable[[], None] | None = None,
+        links: LinkFactory | None = None,
     ) -> None:
         self.node = node
         self._storage = storage
@@ -79,6 +105,9 @@ class RaftDriver:
         self._machine = machine
         self._tick_s = tick_ms / 1000
         self._snapshot_entries = snapshot_entries
+        self._ticks = 0
+        self._proposed_at_tick = -2
+        self._compaction_stagger = zlib.crc32(node.node_id.encode()) % (snapshot_entries // 2 + 1)
         self._log = log
         self._on_tick = on_tick
         self._mu = asyncio.Lock()
@@ -88,7 +117,10 @@ class RaftDriver:
         self._read_ctx = itertools.count(1)
         self._applied = asyncio.Condition()
         self._mailbox: dict[str, deque[Message]] = {}
-        self._senders: dict[str, _PeerSender] = {}
+        self._links = links
+        self._senders: dict[str, PeerLink] = {}
+        self._inbox = BoundedQueue(INBOX_LIMIT)
+        self._inbox_wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.storage_healthy = True
         self._durable_hard_state: HardState | None = None
@@ -99,19 +131,25 @@ class RaftDriver:
     async def start(self) -> None:
         for peer in self.node.voters:
             if peer != self.node.node_id:
-                self._senders[peer] = _PeerSender(
-                    peer,
-                    send=self._send,
-                    on_replies=self._step_replies,
-                    log=self._log,
-                    retry_delay_s=self._tick_s,
-                )
+                self._senders[peer] = self._make_link(peer)
         self._tasks = [
             asyncio.create_task(self._tick_loop(), name="raft-tick"),
             asyncio.create_task(self._proposal_loop(), name="raft-proposals"),
+            asyncio.create_task(self._inbox_loop(), name="raft-inbox"),
         ]
         for sender in self._senders.values():
             self._tasks += sender.start()
+
+    def _make_link(self, peer: str) -> PeerLink:
+        if self._links is not None:
+            return self._links(peer, self.deliver)
+        return _PeerSender(
+            peer,
+            send=self._send,
+            on_replies=self._step_replies,
+            log=self._log,
+            retry_delay_s=self._tick_s,
+        )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -135,10 +173,14 @@ class RaftDriver:
 
     async def propose(self, data: str) -> int:
         """Append a command through the leader; returns its index (NotLeader otherwise)."""
+        return await self.submit(data)
+
+    def submit(self, data: str) -> asyncio.Future[int]:
+        """Queue a command for the next batch; the future gets its index or NotLeader."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._proposals.append((data, future))
         self._proposal_wakeup.set()
-        return await future
+        return future
 
     async def read_index(self) -> int:
         """Confirm leadership with a quorum; returns the index a linearizable read needs."""
@@ -152,6 +194,11 @@ class RaftDriver:
             return await future
         finally:
             self._reads.pop(ctx, None)
+
+    def deliver(self, replies: list[Message]) -> None:
+        """Queue a peer's replies for the inbox loop; never blocks (links call it)."""
+        self._inbox.extend(replies)
+        self._inbox_wakeup.set()
 
     async def _step_replies(self, replies: list[Message]) -> None:
         """Step a peer's replies to what this node sent it."""
@@ -172,6 +219,7 @@ class RaftDriver:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self._tick_s)
+            self._ticks += 1
             try:
                 async with self._mu:
                     self.node.tick()
@@ -188,12 +236,25 @@ class RaftDriver:
             batch, self._proposals = self._proposals, []
             if not batch:
                 continue
+            self._proposed_at_tick = self._ticks
             try:
                 async with self._mu:
                     self._propose_locked(batch)
                     await self._drain()
             except Exception:  # noqa: BLE001 - callers time out; entries persist later
                 self._log.warning("persisting proposals failed", exc_info=True)
+
+    async def _inbox_loop(self) -> None:
+        while True:
+            await self._inbox_wakeup.wait()
+            self._inbox_wakeup.clear()
+            replies = self._inbox.take()
+            if not replies:
+                continue
+            try:
+                await self._step_replies(replies)
+            except Exception:  # noqa: BLE001 - a storage failure; Raft will retry
+                self._log.warning("stepping replies failed", exc_info=True)
 
     def _propose_locked(self, batch: list[tuple[str, asyncio.Future[int]]]) -> None:
         try:
@@ -287,15 +348,60 @@ class RaftDriver:
         async with self._applied:
             self._applied.notify_all()
 
-    async def _maybe_compact(self) -> None:
+    def _compaction_due(self) -> bool:
         applied = self.node.applied_index
-        if applied - self.node.first_index + 1 < self._snapshot_entries:
+
+        def followers_have_it() -> bool:
+            progress = self.node.status().get("progress", {})
+            return all(p["next"] > applied for p in progress.values())
+
+        return compaction_due(
+            applied - self.node.first_index + 1,
+            self._snapshot_entries,
+            leader=self.node.state == "leader",
+            stagger=self._compaction_stagger,
+            busy=self._ticks - self._proposed_at_tick <= 1,
+            followers_have_it=followers_have_it,
+        )
+
+    async def _maybe_compact(self) -> None:
+        if not self._compaction_due():
             return
+        applied = self.node.applied_index
         self.node.compact(applied, self._machine.snapshot())
         snapshot = self.node.snapshot
         if snapshot is not None:
             await self._storage.compact(snapshot)
             self._log.info("log compacted", extra={"snapshot_index": snapshot.last_index})
+
+
+def compaction_due(
+    logged: int,
+    threshold: int,
+    *,
+    leader: bool,
+    stagger: int,
+    busy: bool,
+    followers_have_it: Callable[[], bool],
+) -> bool:
+    """Whether a node with `logged` applied entries since its snapshot compacts now.
+
+    Taking the lock table's snapshot costs tens of milliseconds (it carries the whole
+    dedup map), during which the node answers nothing, and every node reaches
+    `threshold` at about the same index. So followers stagger it (each by its own fixed
+    `stagger`, up to half the threshold) and never all pause at once. A leader waits
+    until it is not `busy` (its pause would hold up every client request in flight) and
+    until every follower was sent the entries it is about to drop (one still needing
+    them would get the whole snapshot instead), but never past `LEADER_COMPACTION_DEFER`
+    times the threshold.
+    """
+    if not leader:
+        return logged >= threshold + stagger
+    if logged < threshold:
+        return False
+    if logged >= threshold * LEADER_COMPACTION_DEFER:
+        return True
+    return not busy and followers_have_it()
 
 
 class _PeerSender:

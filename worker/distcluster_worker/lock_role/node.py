@@ -1,15 +1,20 @@
-"""The `lock_manager` node: Raft over HTTP and Redis, serving the lock API.
+"""The `lock_manager` node: Raft over the network and Redis, serving the lock API.
 
 Every node accepts every request. The leader proposes it and answers when the outcome
 is applied; any other node forwards it to the leader it knows (one hop, marked with
 `?hops=`), and when no leader is known within `REQUEST_TIMEOUT_MS` it answers 503
 `unavailable`. A request id is fixed on the first node, so a forwarded or retried
 request is applied at most once.
+
+Raft messages travel as `RAFT_TRANSPORT` says (`lock_role.settings`): by default on one
+WebSocket per directed peer link (`lock_role.transport`), else as HTTP POSTs. The node
+serves `/raft-stream`, `/raft-vote` and `/raft-append` whichever it sends with.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import re
@@ -35,7 +40,10 @@ from distcluster_worker.lock_role.models import (
 )
 from distcluster_worker.lock_role.responses import outcome_answer
 from distcluster_worker.lock_role.service import LockService, QuorumUnavailableError
+from distcluster_worker.lock_role.settings import LockRoleSettings, load_lock_settings
 from distcluster_worker.lock_role.storage import RedisRaftStorage
+from distcluster_worker.lock_role.stream import STREAM_PATH
+from distcluster_worker.lock_role.transport import StreamCollector, StreamTransport
 from distcluster_worker.locks.outcomes import Outcome
 from distcluster_worker.raft.messages import Message, WireError, message_from_wire, message_to_wire
 from distcluster_worker.raft.node import NotLeader, RaftConfig, RaftNode
@@ -54,8 +62,23 @@ NAME_RE = re.compile(NAME_PATTERN)
 class LockNode(BaseNode):
     role = "lock_manager"
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+    def __init__(
+        self, settings: Settings, *, lock_settings: LockRoleSettings | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(settings, **kwargs)
+        self.lock_settings = lock_settings if lock_settings is not None else load_lock_settings()
+        # Parsed once: `Settings.peer_urls` parses PEERS on every access, and the Raft
+        # and forwarding paths look peers up on every message.
+        self.peer_urls = settings.peer_urls
+        # Built whatever RAFT_TRANSPORT says: every node accepts streams from its peers.
+        self.streams = StreamTransport(
+            settings.node_id,
+            self.peer_urls,
+            dead_after_s=settings.rpc_timeout_ms / 1000,
+            tick_s=settings.raft_tick_ms / 1000,
+            log=self.log,
+        )
+        self.metrics.registry.register(StreamCollector(self.streams))
         self.service = LockService(
             clock_ms=self.now_ms,
             request_timeout_ms=settings.request_timeout_ms,
@@ -63,11 +86,14 @@ class LockNode(BaseNode):
             on_outcome=self._count_outcome,
         )
         self.driver: RaftDriver | None = None
+        self._request_prefix = f"{settings.node_id}.{uuid.uuid4().hex[:16]}."
+        self._request_seq = itertools.count(1)
         self._boot_task: asyncio.Task[None] | None = None
         registry = self.metrics.registry
         self._outcomes = Counter(
             "distcluster_lock_outcomes", "Lock table outcomes applied", ["type"], registry=registry
         )
+        self._outcome_series: dict[type, Any] = {}
         self._raft_gauge = Gauge(
             "distcluster_raft", "Raft state of this node", ["field"], registry=registry
         )
@@ -92,6 +118,8 @@ class LockNode(BaseNode):
             self._boot_task.cancel()
         if self.driver is not None:
             await self.driver.stop()
+        await self.service.stop()
+        await self.streams.close()
 
     async def _boot(self) -> None:
         """Load this node's Raft state from Redis (retrying while Redis is down), then run."""
@@ -110,7 +138,7 @@ class LockNode(BaseNode):
             self.service.restore(restored.snapshot.data)
         config = RaftConfig(
             node_id=s.node_id,
-            voters=tuple(sorted({s.node_id, *s.peer_urls})),
+            voters=tuple(sorted({s.node_id, *self.peer_urls})),
             election_timeout_ticks=s.raft_election_ticks,
             heartbeat_ticks=s.raft_heartbeat_ticks,
         )
@@ -124,24 +152,36 @@ class LockNode(BaseNode):
             snapshot_entries=s.raft_snapshot_entries,
             log=self.log,
             on_tick=self.service.on_tick,
+            links=self.streams.link if self.lock_settings.transport == "stream" else None,
         )
         self.service.driver = self.driver
         await self.driver.start()
         self.log.info(
             "raft started",
-            extra={"term": node.term, "last_index": node.last_index, "voters": config.voters},
+            extra={
+                "term": node.term,
+                "last_index": node.last_index,
+                "voters": config.voters,
+                "transport": self.lock_settings.transport,
+            },
         )
 
     async def _send(self, peer: str, path: str, messages: list[Message]) -> list[Message]:
         body = {"messages": [message_to_wire(m) for m in messages]}
-        status, reply = await self.rpc.post_json(
-            self.settings.peer_urls[peer], path, body, retries=0
-        )
+        status, reply = await self.rpc.post_json(self.peer_urls[peer], path, body, retries=0)
         if status != 200 or not isinstance(reply, dict):
             raise RpcError(f"{peer}{path} answered {status}")
         return [message_from_wire(raw) for raw in reply.get("messages", [])]
 
     # -- BaseNode hooks --------------------------------------------------------------
+
+    def build_app(self) -> web.Application:
+        app = super().build_app()
+        app.on_shutdown.append(self._close_streams)
+        return app
+
+    async def _close_streams(self, app: web.Application) -> None:
+        await self.streams.close_inbound()
 
     def readiness(self) -> tuple[bool, str]:
         if self.driver is None:
@@ -166,6 +206,7 @@ class LockNode(BaseNode):
             web.get("/raft/status", self._status),
             web.post("/raft-vote", self._raft_rpc),
             web.post("/raft-append", self._raft_rpc),
+            web.get(STREAM_PATH, self._raft_stream),
         ]
 
     def operations(self) -> list[Operation]:
@@ -207,18 +248,18 @@ class LockNode(BaseNode):
         ttl_ms = body.ttl_ms if body.ttl_ms is not None else s.lock_default_ttl_ms
         _check_limit("ttl_ms", ttl_ms, s.lock_max_ttl_ms)
         _check_limit("wait_ms", body.wait_ms, s.lock_max_wait_ms)
-        command = _command("acquire", body, ttl_ms=ttl_ms)
+        command = self._command("acquire", body, ttl_ms=ttl_ms)
         return await self._execute(request, command, wait_ms=body.wait_ms)
 
     async def _release(self, request: web.Request) -> web.Response:
         body = await parse_json(request, ReleaseRequest)
-        return await self._execute(request, _command("release", body))
+        return await self._execute(request, self._command("release", body))
 
     async def _renew(self, request: web.Request) -> web.Response:
         body = await parse_json(request, RenewRequest)
         ttl_ms = body.ttl_ms if body.ttl_ms is not None else self.settings.lock_default_ttl_ms
         _check_limit("ttl_ms", ttl_ms, self.settings.lock_max_ttl_ms)
-        return await self._execute(request, _command("renew", body, ttl_ms=ttl_ms))
+        return await self._execute(request, self._command("renew", body, ttl_ms=ttl_ms))
 
     async def _execute(
         self, request: web.Request, command: dict[str, Any], *, wait_ms: int = 0
@@ -228,8 +269,7 @@ class LockNode(BaseNode):
             status, body = outcome_answer(outcome)
             return json_response(body, status=status)
 
-        forward = {k: v for k, v in command.items() if k != "op"}
-        return await self._lead_or_forward(request, on_leader, forward, wait_ms=wait_ms)
+        return await self._lead_or_forward(request, on_leader, command, wait_ms=wait_ms)
 
     async def _view(self, request: web.Request) -> web.Response:
         resource = request.match_info["resource"]
@@ -245,12 +285,16 @@ class LockNode(BaseNode):
         self,
         request: web.Request,
         on_leader: Callable[[], Awaitable[web.Response]],
-        forward_body: dict[str, Any] | None,
+        command: dict[str, Any] | None,
         *,
         wait_ms: int = 0,
     ) -> web.Response:
-        """Serve on this node while it leads; otherwise forward to the leader it knows."""
-        deadline = self._deadline(wait_ms)
+        """Serve on this node while it leads; otherwise forward to the leader it knows.
+
+        `command` (None for reads) is what a forwarded request carries, minus its `op`,
+        which the leader's route implies.
+        """
+        deadline: float | None = None  # set on the first miss: the leader never needs it
         while True:
             if self._is_leader():
                 try:
@@ -259,11 +303,14 @@ class LockNode(BaseNode):
                     continue
                 except QuorumUnavailableError as exc:
                     return _unavailable(str(exc))
+            if deadline is None:
+                deadline = self._deadline(wait_ms)
             leader = await self._wait_for_leader(deadline)
             if leader is None:
                 return _unavailable("no leader is known; the cluster may have lost its quorum")
             if leader != self.settings.node_id:
-                return await self._forward(request, forward_body, deadline)
+                body = None if command is None else {k: v for k, v in command.items() if k != "op"}
+                return await self._forward(request, body, deadline)
 
     async def _status(self, request: web.Request) -> web.Response:
         if self.driver is None:
@@ -278,12 +325,15 @@ class LockNode(BaseNode):
             return error_response(400, "bad_request", f"bad Raft message: {exc}")
         if not messages or len({m.src for m in messages}) != 1:
             return error_response(400, "bad_request", "messages must come from one peer")
-        if messages[0].src not in self.settings.peer_urls:
+        if messages[0].src not in self.peer_urls:
             return error_response(403, "forbidden", f"{messages[0].src!r} is not a peer")
         if self.driver is None:
             return error_response(503, "not_ready", "Raft state is still loading")
         replies = await self.driver.receive(messages)
         return json_response({"messages": [message_to_wire(m) for m in replies]})
+
+    async def _raft_stream(self, request: web.Request) -> web.StreamResponse:
+        return await self.streams.serve(request, self.driver.receive if self.driver else None)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -310,11 +360,11 @@ class LockNode(BaseNode):
     ) -> web.Response:
         hops = int(request.query.get("hops", "0")) if request.query.get("hops", "").isdigit() else 0
         leader = self.driver.node.leader_id if self.driver else None
-        if hops >= MAX_HOPS or leader is None or leader not in self.settings.peer_urls:
+        if hops >= MAX_HOPS or leader is None or leader not in self.peer_urls:
             return _unavailable("the leader could not be reached")
         timeout_ms = max(1, int((deadline - asyncio.get_running_loop().time()) * 1000))
         path = f"{request.path}?hops={hops + 1}"
-        url = self.settings.peer_urls[leader]
+        url = self.peer_urls[leader]
         try:
             if body is None:
                 status, reply = await self.rpc.get_json(url, path, timeout_ms=timeout_ms, retries=0)
@@ -340,20 +390,30 @@ class LockNode(BaseNode):
         value = self.driver.node.status().get(name, 0)
         return float(value) if isinstance(value, int | float) else 0.0
 
+    def _command(self, op: str, body: BaseModel, **overrides: Any) -> dict[str, Any]:
+        """The table command for a validated request; the request id is fixed here, once.
+
+        A generated id is this node's id, a nonce drawn at start and a counter: unique
+        across nodes and restarts, and much cheaper than a uuid4 per request.
+        """
+        # A validated model keeps its fields in __dict__ (iterating it costs more).
+        fields = {name: value for name, value in body.__dict__.items() if value is not None}
+        if "request_id" not in fields:
+            fields["request_id"] = f"{self._request_prefix}{next(self._request_seq)}"
+        return {"op": op, **fields, **overrides}
+
     def _count_outcome(self, outcome: Outcome) -> None:
-        self._outcomes.labels(type(outcome).__name__.lower()).inc()
+        # Every node counts every applied outcome: the labelled series is looked up once.
+        kind = type(outcome)
+        series = self._outcome_series.get(kind)
+        if series is None:
+            series = self._outcome_series[kind] = self._outcomes.labels(kind.__name__.lower())
+        series.inc()
 
 
 def _check_limit(field: str, value: int, limit: int) -> None:
     if value > limit:
         raise ApiError(400, "bad_request", f"{field} must be at most {limit}, got {value}")
-
-
-def _command(op: str, body: BaseModel, **overrides: Any) -> dict[str, Any]:
-    """The table command for a validated request; the request id is fixed here, once."""
-    fields = body.model_dump(exclude_none=True)
-    fields["request_id"] = fields.get("request_id") or uuid.uuid4().hex
-    return {"op": op, **fields, **overrides}
 
 
 def _unavailable(message: str) -> web.Response:

@@ -9,6 +9,11 @@ no quorum answers, so a request never hangs.
 
 Commands are stamped with the leader's clock (`now_ms`) when proposed; the table keeps
 its own time monotonic, so a new leader with a slower clock cannot shorten a lease.
+
+Each waiting request is a `_Waiter`: a future and a deadline on the loop's clock. One
+sweeper task fails the overdue ones every `SWEEP_S`, instead of a timer per request
+(`asyncio.timeout` cost more than the rest of the service's work per request), so the
+bound is kept within `SWEEP_S`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from distcluster_worker.lock_role.driver import RaftDriver
@@ -26,9 +32,25 @@ from distcluster_worker.locks.table import LockTable
 from distcluster_worker.raft.messages import Entry
 from distcluster_worker.shell import jsonio
 
+SWEEP_S = 0.05
+"""How often overdue requests are failed: the precision of the request bound."""
+
 
 class QuorumUnavailableError(Exception):
     """No quorum answered within the bound."""
+
+
+@dataclass(slots=True)
+class _Waiter:
+    """One client request waiting for its final outcome."""
+
+    future: asyncio.Future[Outcome]
+    deadline: float  # on the event loop's clock
+    queued: bool = False
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
 
 
 class LockService:
@@ -50,7 +72,9 @@ class LockService:
         self._log = log
         self._dedup_capacity = dedup_capacity
         self._on_outcome = on_outcome
-        self._watchers: dict[str, list[asyncio.Queue[Outcome]]] = {}
+        self._watchers: dict[str, list[_Waiter]] = {}
+        self._proposed: dict[str, dict[str, Any]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         self._expire_in_flight = False
         self._background: set[asyncio.Task[None]] = set()
 
@@ -59,15 +83,21 @@ class LockService:
     def apply(self, entry: Entry) -> None:
         if entry.kind != "command":
             return
-        try:
-            command = jsonio.loads(entry.data)
-        except ValueError:
-            command = {}
+        # The leader applies the commands it proposed itself: it still has them as dicts.
+        command = self._proposed.pop(entry.data, None)
+        if command is None:
+            try:
+                command = jsonio.loads(entry.data)
+            except ValueError:
+                command = {}
         for outcome in self.table.apply(entry.index, command):
             if self._on_outcome is not None:
                 self._on_outcome(outcome)
-            for queue in self._watchers.get(outcome.request_id, ()):
-                queue.put_nowait(outcome)
+            for waiter in self._watchers.get(outcome.request_id, ()):
+                if isinstance(outcome, Queued):
+                    waiter.queued = True
+                elif not waiter.future.done():
+                    waiter.future.set_result(outcome)
 
     def restore(self, data: str) -> None:
         self.table = LockTable.restore(data)
@@ -78,27 +108,30 @@ class LockService:
     # -- client operations (leader only; NotLeader propagates to the caller) -------
 
     async def execute(self, command: dict[str, Any], *, wait_ms: int = 0) -> Outcome:
-        """Propose `command` and return its final outcome (never `Queued`)."""
+        """Propose `command` and return its final outcome (never `Queued`).
+
+        NotLeader when this node cannot propose; QuorumUnavailableError once
+        `wait_ms + request_timeout_ms` passed without an outcome.
+        """
         driver = self._require_driver()
         request_id = command["request_id"]
         command = {**command, "now_ms": self._clock_ms()}
-        queue: asyncio.Queue[Outcome] = asyncio.Queue()
-        self._watchers.setdefault(request_id, []).append(queue)
-        queued = False
+        waiter = self._watch(request_id, wait_ms / 1000 + self._timeout_s)
+        data = jsonio.dumps(command)
+        self._proposed[data] = command
         try:
-            async with asyncio.timeout(wait_ms / 1000 + self._timeout_s):
-                await driver.propose(jsonio.dumps(command))
-                while True:
-                    outcome = await queue.get()
-                    if not isinstance(outcome, Queued):
-                        return outcome
-                    queued = True
+            proposed = driver.submit(data)
+            proposed.add_done_callback(lambda done: _fail_if_refused(waiter, done))
+            return await waiter.future
         except TimeoutError:
-            if queued:
+            if waiter.queued:
                 self._spawn(self._cancel(request_id))
             raise QuorumUnavailableError("no quorum answered in time") from None
         finally:
-            self._unwatch(request_id, queue)
+            self._proposed.pop(data, None)
+            self._unwatch(request_id, waiter)
+            if waiter.future.done() and not waiter.future.cancelled():
+                waiter.future.exception()  # retrieved, even when this task was cancelled
 
     async def read(self, resource: str) -> dict[str, Any]:
         """A linearizable view of one resource (ReadIndex, then wait to apply)."""
@@ -149,17 +182,51 @@ class LockService:
             async with asyncio.timeout(self._timeout_s):
                 await driver.propose(json.dumps(command))
 
+    def _watch(self, request_id: str, within_s: float) -> _Waiter:
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), loop.time() + within_s)
+        self._watchers.setdefault(request_id, []).append(waiter)
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep(), name="lock-request-deadlines")
+        return waiter
+
+    async def _sweep(self) -> None:
+        """Fail overdue waiters every SWEEP_S; ends when none is left (restarted on demand)."""
+        loop = asyncio.get_running_loop()
+        while self._watchers:
+            await asyncio.sleep(SWEEP_S)
+            now = loop.time()
+            for waiters in list(self._watchers.values()):
+                for waiter in waiters:
+                    if waiter.deadline <= now:
+                        waiter.fail(TimeoutError())
+
+    async def stop(self) -> None:
+        """Cancel the service's own tasks (the node is stopping)."""
+        tasks = [*self._background, *([self._sweeper] if self._sweeper else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _unwatch(self, request_id: str, queue: asyncio.Queue[Outcome]) -> None:
-        queues = self._watchers.get(request_id, [])
-        if queue in queues:
-            queues.remove(queue)
-        if not queues:
+    def _unwatch(self, request_id: str, waiter: _Waiter) -> None:
+        waiters = self._watchers.get(request_id, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+        if not waiters:
             self._watchers.pop(request_id, None)
+
+
+def _fail_if_refused(waiter: _Waiter, proposed: asyncio.Future[int]) -> None:
+    """Hand a refused proposal's error (NotLeader) to the waiting request."""
+    if proposed.cancelled():
+        waiter.fail(asyncio.CancelledError())
+    elif (exc := proposed.exception()) is not None:
+        waiter.fail(exc)
 
 
 def is_granted(outcome: Outcome) -> bool:

@@ -9,11 +9,17 @@ The ``route`` label is the matched route's canonical path (``/lock/{resource}``)
 raw URL, so a client cannot grow the number of series; requests that match no route are
 counted under ``route="unmatched"``. Latency is measured with the event loop's clock, the
 only clock shell code reads besides the node's injected one.
+
+Recording runs on every request, so it is kept cheap: the labelled series are looked up
+once per (method, route, status) and kept (the key space is bounded, as above), and the
+DEBUG request line is only built when DEBUG is on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -51,10 +57,19 @@ class NodeMetrics:
             ["node_id", "role"],
             registry=self.registry,
         )
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_latency.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = (
+                self.http_requests.labels(method, route, str(status)),
+                self.http_latency.labels(method, route),
+            )
+            self._series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
@@ -92,16 +107,17 @@ def metrics_middleware(metrics: NodeMetrics) -> Middleware:
             seconds = loop.time() - started
             route = route_label(request)
             metrics.observe_request(request.method, route, status, seconds)
-            _log.debug(
-                "request",
-                extra={
-                    "method": request.method,
-                    "path": request.path,
-                    "route": route,
-                    "status": status,
-                    "ms": round(seconds * 1000, 3),
-                },
-            )
+            if _log.isEnabledFor(logging.DEBUG):
+                _log.debug(
+                    "request",
+                    extra={
+                        "method": request.method,
+                        "path": request.path,
+                        "route": route,
+                        "status": status,
+                        "ms": round(seconds * 1000, 3),
+                    },
+                )
 
     return middleware
 
