@@ -21,7 +21,7 @@ import argparse
 import asyncio
 import signal
 import sys
-import threading
+import time
 from collections.abc import Coroutine, Sequence
 from types import FrameType
 from typing import Any
@@ -159,10 +159,29 @@ def _print_endpoints(cluster: LocalCluster) -> None:
     _say("\n".join(lines))
 
 
-def _watch(cluster: LocalCluster, stop: threading.Event) -> int:
+class StopRequest:
+    """Set by the SIGINT/SIGTERM handler, read by the watch loop.
+
+    A plain attribute on purpose: a signal handler runs in the main thread between two
+    bytecodes, possibly while that thread holds a lock; `threading.Event.set` takes the
+    event's lock and so deadlocked `up` when SIGTERM arrived while the watch loop was inside
+    `Event.wait` (seen: `timeout 25 make run` left every process running).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self, signum: int = 0, frame: FrameType | None = None) -> None:
+        self.requested = True
+
+
+def _watch(cluster: LocalCluster, stop: StopRequest) -> int:
     """Wait for Ctrl-C/SIGTERM, saying when a child dies; 1 if every node died."""
     reported: set[str] = set()
-    while not stop.wait(_WATCH_S):
+    while not stop.requested:
+        time.sleep(_WATCH_S)
+        if stop.requested:
+            break
         for node_id, proc in cluster.nodes.items():
             if node_id not in reported and not proc.alive:
                 reported.add(node_id)
@@ -181,12 +200,8 @@ def run_up(args: argparse.Namespace) -> int:
     problem = _check_up(args)
     if problem is not None:
         return _fail(problem)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopRequest()
+    previous = {sig: signal.signal(sig, stop.request) for sig in (signal.SIGINT, signal.SIGTERM)}
     cluster = LocalCluster(
         role=args.role,
         nodes=args.nodes,
