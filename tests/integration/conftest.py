@@ -9,7 +9,7 @@ node log is printed so the report shows what the nodes saw.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -25,17 +25,20 @@ async def lock_cluster(
 ) -> AsyncIterator[ClusterFactory]:
     made: list[LockCluster] = []
 
-    async def make(nodes: int = 3, extra_env: Mapping[str, str] | None = None) -> LockCluster:
+    async def make(
+        nodes: int = 3, extra_env: Mapping[str, str] | None = None, joiners: Sequence[str] = ()
+    ) -> LockCluster:
         workdir = tmp_path / f"cluster{len(made) + 1}"
         workdir.mkdir()
         try:
-            built = await asyncio.to_thread(build_cluster, nodes, workdir, extra_env)
+            built = await asyncio.to_thread(build_cluster, nodes, workdir, extra_env, joiners)
         except BaseException:
             print(f"\n===== node logs (start failed) =====\n{log_tails(workdir / 'logs')}")
             raise
         cluster, mesh, redis = built
         session = aiohttp.ClientSession()
         handle = LockCluster(cluster, mesh, redis, session, workdir / "logs")
+        handle.down.update(joiners)
         made.append(handle)
         return handle
 

@@ -18,7 +18,7 @@ import json
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -53,7 +53,10 @@ class ClusterFactory(Protocol):
     """The `lock_cluster` fixture: `await lock_cluster(nodes=3, extra_env={...})`."""
 
     def __call__(
-        self, nodes: int = 3, extra_env: Mapping[str, str] | None = None
+        self,
+        nodes: int = 3,
+        extra_env: Mapping[str, str] | None = None,
+        joiners: Sequence[str] = (),
     ) -> Awaitable[LockCluster]: ...
 
 
@@ -322,6 +325,11 @@ class LockCluster:
         self.cluster.nodes[node].resume()
         self.paused.discard(node)
 
+    async def start_node(self, node: str) -> None:
+        """Start a node built but not started (a joiner of `build_cluster`)."""
+        await asyncio.to_thread(_start_nodes, self.cluster, [node])
+        self.down.discard(node)
+
     async def restart(self, node: str) -> None:
         await asyncio.to_thread(self.cluster.restart_node, node)
         self.down.discard(node)
@@ -384,9 +392,16 @@ def _parse(text: str) -> Any:
 
 
 def build_cluster(
-    nodes: int, workdir: Path, extra_env: Mapping[str, str] | None = None
+    nodes: int,
+    workdir: Path,
+    extra_env: Mapping[str, str] | None = None,
+    joiners: Iterable[str] = (),
 ) -> tuple[LocalCluster, ProxyMesh, RedisServer]:
-    """Start Redis, the proxy mesh and the nodes (blocking; call it from a thread)."""
+    """Start Redis, the proxy mesh and the nodes (blocking; call it from a thread).
+
+    `joiners` are built with `RAFT_JOIN=true` and not started: every node's PEERS lists
+    them, `RAFT_INITIAL_VOTERS` leaves them out (start them with `LockCluster.start_node`).
+    """
     base_port = free_port_block(nodes)
     ids = node_ids(nodes)
     mesh = ProxyMesh({node: base_port + i for i, node in enumerate(ids)})
@@ -403,15 +418,34 @@ def build_cluster(
         peer_address=mesh.address,
         log_dir=workdir / "logs",
     )
+    waiting = set(joiners)
+    if waiting:
+        voters = ",".join(n for n in ids if n not in waiting)
+        for node_id, proc in cluster.nodes.items():
+            proc.env["RAFT_INITIAL_VOTERS"] = voters
+            if node_id in waiting:
+                proc.env["RAFT_JOIN"] = "true"
     try:
         _check_ports(cluster, base_port)
-        cluster.start(wait_ready_s=30)
+        if waiting:
+            _start_nodes(cluster, [n for n in ids if n not in waiting])
+        else:
+            cluster.start(wait_ready_s=30)
     except BaseException:
         cluster.stop()
         mesh.close()
         redis.stop()
         raise
     return cluster, mesh, redis
+
+
+def _start_nodes(cluster: LocalCluster, node_ids: list[str], wait_s: float = 30) -> None:
+    for node_id in node_ids:
+        cluster.nodes[node_id].start()
+    deadline = time.monotonic() + wait_s
+    for node_id in node_ids:
+        proc = cluster.nodes[node_id]
+        proc.wait_healthy(cluster.urls[node_id], max(0.1, deadline - time.monotonic()))
 
 
 def _check_ports(cluster: LocalCluster, base_port: int) -> None:

@@ -87,7 +87,7 @@ class Cluster:
 
         return send
 
-    async def start(self, node_id: str, seed: int) -> None:
+    async def start(self, node_id: str, seed: int, *, join: bool = False) -> None:
         storage = self.storages.setdefault(node_id, InMemoryRaftStorage())
         restored = await storage.load()
         service = LockService(
@@ -95,7 +95,7 @@ class Cluster:
         )
         if restored.snapshot is not None:
             service.restore(restored.snapshot.data)
-        config = RaftConfig(node_id=node_id, voters=IDS, election_timeout_ticks=10)
+        config = RaftConfig(node_id=node_id, voters=IDS, election_timeout_ticks=10, join=join)
         node = RaftNode(config, random.Random(seed), restored)
         driver = RaftDriver(
             node,

@@ -29,7 +29,7 @@ import itertools
 import logging
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
 from distcluster_worker.lock_role.frames import BoundedQueue
@@ -44,7 +44,7 @@ from distcluster_worker.raft.messages import (
     SnapshotRequest,
     VoteRequest,
 )
-from distcluster_worker.raft.node import NotLeader, RaftNode
+from distcluster_worker.raft.node import ConfChange, NotLeader, RaftNode
 
 SendBatch = Callable[[str, str, list[Message]], Awaitable[list[Message]]]
 """(peer id, path, messages) -> the peer's reply messages; raises on any failure."""
@@ -98,6 +98,7 @@ class RaftDriver:
         log: logging.Logger | logging.LoggerAdapter[logging.Logger],
         on_tick: Callable[[], None] | None = None,
         links: LinkFactory | None = None,
+        addressable: Collection[str] | None = None,
     ) -> None:
         self.node = node
         self._storage = storage
@@ -119,6 +120,10 @@ class RaftDriver:
         self._mailbox: dict[str, deque[Message]] = {}
         self._links = links
         self._senders: dict[str, PeerLink] = {}
+        self._sender_tasks: dict[str, list[asyncio.Task[None]]] = {}
+        self._addressable = None if addressable is None else frozenset(addressable)
+        self._linked_members: tuple[str, ...] | None = None
+        self._running = False
         self._inbox = BoundedQueue(INBOX_LIMIT)
         self._inbox_wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -129,16 +134,38 @@ class RaftDriver:
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        for peer in self.node.voters:
-            if peer != self.node.node_id:
-                self._senders[peer] = self._make_link(peer)
+        self._running = True
         self._tasks = [
             asyncio.create_task(self._tick_loop(), name="raft-tick"),
             asyncio.create_task(self._proposal_loop(), name="raft-proposals"),
             asyncio.create_task(self._inbox_loop(), name="raft-inbox"),
         ]
-        for sender in self._senders.values():
-            self._tasks += sender.start()
+        self.sync_links()
+
+    @property
+    def linked_peers(self) -> list[str]:
+        return sorted(self._senders)
+
+    def sync_links(self) -> None:
+        """Keep one link per other member of the configuration in force (voter or
+        learner) that this node can address; called whenever a Ready is handled, since
+        a configuration is in force from the moment its entry is appended."""
+        members = self.node.membership.members
+        if members == self._linked_members or not self._running:
+            return
+        self._linked_members = members
+        me = self.node.node_id
+        wanted = {
+            p for p in members if p != me and (self._addressable is None or p in self._addressable)
+        }
+        for peer in sorted(wanted - self._senders.keys()):
+            sender = self._senders[peer] = self._make_link(peer)
+            self._sender_tasks[peer] = sender.start()
+        for peer in sorted(self._senders.keys() - wanted):
+            del self._senders[peer]
+            for task in self._sender_tasks.pop(peer, []):
+                task.cancel()
+        self._log.info("raft peer links", extra={"peers": sorted(self._senders)})
 
     def _make_link(self, peer: str) -> PeerLink:
         if self._links is not None:
@@ -152,12 +179,15 @@ class RaftDriver:
         )
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        self._running = False
+        tasks = [*self._tasks, *(t for ts in self._sender_tasks.values() for t in ts)]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        self._sender_tasks = {}
 
     # -- inputs ------------------------------------------------------------------
 
@@ -194,6 +224,19 @@ class RaftDriver:
             return await future
         finally:
             self._reads.pop(ctx, None)
+
+    async def propose_conf_change(self, change: ConfChange) -> int:
+        """Append a configuration entry (leader only); returns its index. The core's
+        errors (NotLeader, ConfChangeInProgress, InvalidConfChange) propagate."""
+        async with self._mu:
+            index = self.node.propose_conf_change(change)
+            await self._drain()
+        return index
+
+    async def transfer_leadership(self, target: str) -> None:
+        async with self._mu:
+            self.node.transfer_leadership(target)
+            await self._drain()
 
     def deliver(self, replies: list[Message]) -> None:
         """Queue a peer's replies for the inbox loop; never blocks (links call it)."""
@@ -274,6 +317,7 @@ class RaftDriver:
         """Handle every pending Ready; the caller holds the lock."""
         while self.node.has_ready():
             ready = self.node.ready()
+            self.sync_links()
             # A leader may replicate while it writes its own log (Raft thesis 10.2.1):
             # it counts itself towards a commit only once `advance` marks the entries
             # stable. Every other message (votes, replies) waits for the write.

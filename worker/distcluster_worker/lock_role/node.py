@@ -27,6 +27,12 @@ from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
 
 from distcluster_worker.lock_role.driver import RaftDriver
+from distcluster_worker.lock_role.members import (
+    CATCH_UP_S,
+    MemberChanges,
+    check_member_id,
+    members_view,
+)
 from distcluster_worker.lock_role.models import (
     NAME_PATTERN,
     AcquireRequest,
@@ -136,11 +142,14 @@ class LockNode(BaseNode):
                 delay = min(delay * 2, 2.0)
         if restored.snapshot is not None:
             self.service.restore(restored.snapshot.data)
+        voters = self.lock_settings.bootstrap_voters(s.node_id, self.peer_urls)
+        empty = restored.snapshot is None and not restored.entries
         config = RaftConfig(
             node_id=s.node_id,
-            voters=tuple(sorted({s.node_id, *self.peer_urls})),
+            voters=voters,
             election_timeout_ticks=s.raft_election_ticks,
             heartbeat_ticks=s.raft_heartbeat_ticks,
+            join=self.lock_settings.join and (empty or s.node_id not in voters),
         )
         node = RaftNode(config, random.Random(), restored)
         self.driver = RaftDriver(
@@ -153,6 +162,7 @@ class LockNode(BaseNode):
             log=self.log,
             on_tick=self.service.on_tick,
             links=self.streams.link if self.lock_settings.transport == "stream" else None,
+            addressable=self.peer_urls,
         )
         self.service.driver = self.driver
         await self.driver.start()
@@ -161,7 +171,8 @@ class LockNode(BaseNode):
             extra={
                 "term": node.term,
                 "last_index": node.last_index,
-                "voters": config.voters,
+                "voters": node.voters,
+                "join": config.join,
                 "transport": self.lock_settings.transport,
             },
         )
@@ -204,6 +215,9 @@ class LockNode(BaseNode):
             web.post("/lock/renew", self._renew),
             web.get("/lock/{resource}", self._view),
             web.get("/raft/status", self._status),
+            web.get("/raft/members", self._members),
+            web.post("/raft/members", self._add_member),
+            web.delete("/raft/members/{id}", self._remove_member),
             web.post("/raft-vote", self._raft_rpc),
             web.post("/raft-append", self._raft_rpc),
             web.get(STREAM_PATH, self._raft_stream),
@@ -300,6 +314,8 @@ class LockNode(BaseNode):
                 try:
                     return await on_leader()
                 except NotLeader:
+                    if self._is_leader():  # handing leadership over: wait a tick
+                        await asyncio.sleep(self.settings.raft_tick_ms / 1000)
                     continue
                 except QuorumUnavailableError as exc:
                     return _unavailable(str(exc))
@@ -316,6 +332,61 @@ class LockNode(BaseNode):
         if self.driver is None:
             return error_response(503, "not_ready", "Raft state is still loading")
         return json_response(self._raft_status())
+
+    # -- membership --------------------------------------------------------------------
+
+    async def _members(self, request: web.Request) -> web.Response:
+        if self.driver is None:
+            return error_response(503, "not_ready", "Raft state is still loading")
+        return json_response(members_view(self.driver.node))
+
+    def _member_changes(self) -> MemberChanges:
+        if self.driver is None:
+            raise QuorumUnavailableError("the Raft driver is not running")
+        s = self.settings
+        return MemberChanges(
+            self.driver, commit_timeout_s=s.request_timeout_ms / 1000, tick_s=s.raft_tick_ms / 1000
+        )
+
+    async def _add_member(self, request: web.Request) -> web.Response:
+        try:
+            raw = await request.json(loads=jsonio.loads)
+        except ValueError:
+            raise ApiError(400, "bad_request", "the body must be JSON") from None
+        node_id = check_member_id(raw.get("id") if isinstance(raw, dict) else None, self.peer_urls)
+
+        async def on_leader() -> web.Response:
+            return json_response(await self._member_changes().add(node_id))
+
+        wait_ms = int(CATCH_UP_S * 1000) + 2 * self.settings.request_timeout_ms
+        return await self._lead_or_forward(request, on_leader, {"id": node_id}, wait_ms=wait_ms)
+
+    async def _remove_member(self, request: web.Request) -> web.Response:
+        node_id = request.match_info["id"]
+
+        async def on_leader() -> web.Response:
+            changes = self._member_changes()
+            if node_id == self.settings.node_id:
+                await self._hand_over(changes)
+                raise NotLeader(None)  # forward to the new leader
+            return json_response(await changes.remove(node_id))
+
+        wait_ms = 2 * self.settings.request_timeout_ms
+        return await self._lead_or_forward(request, on_leader, None, wait_ms=wait_ms)
+
+    async def _hand_over(self, changes: MemberChanges) -> None:
+        """Transfer leadership to the most caught-up voter and wait until this node
+        stepped down (503 if it did not within the request timeout)."""
+        target = changes.transfer_target()
+        if target is None or self.driver is None:
+            raise ApiError(400, "invalid_conf_change", "no other voter", reason="last_voter")
+        await self.driver.transfer_leadership(target)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.request_timeout_ms / 1000
+        while self._is_leader():
+            if loop.time() >= deadline:
+                raise QuorumUnavailableError(f"leadership transfer to {target} did not complete")
+            await asyncio.sleep(self.settings.raft_tick_ms / 1000)
 
     async def _raft_rpc(self, request: web.Request) -> web.Response:
         try:
@@ -366,7 +437,11 @@ class LockNode(BaseNode):
         path = f"{request.path}?hops={hops + 1}"
         url = self.peer_urls[leader]
         try:
-            if body is None:
+            if request.method == "DELETE":
+                status, reply = await self.rpc.delete_json(
+                    url, path, timeout_ms=timeout_ms, retries=0
+                )
+            elif body is None:
                 status, reply = await self.rpc.get_json(url, path, timeout_ms=timeout_ms, retries=0)
             else:
                 status, reply = await self.rpc.post_json(

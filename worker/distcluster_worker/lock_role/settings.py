@@ -9,11 +9,16 @@ with one sentence per bad variable.
   `http` POSTs each batch to the peer's `/raft-vote` or `/raft-append`. Every node serves
   all three endpoints whatever its own choice, so nodes with different settings still form
   one cluster, and a benchmark can compare the two on the same machine.
+* `RAFT_JOIN` (default false): a node whose Raft storage is empty starts with no
+  configuration (`RaftConfig(join=True)`) and waits to be added with `POST /raft/members`
+  on the cluster; with state in Redis the setting changes nothing.
+* `RAFT_INITIAL_VOTERS` (default: this node and every id in `PEERS`): the comma-separated
+  bootstrap voters of a fresh cluster, so `PEERS` may list nodes to be added later.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -29,6 +34,13 @@ class LockRoleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     transport: Literal["stream", "http"] = "stream"
+    join: bool = False
+    initial_voters: str = ""
+
+    def bootstrap_voters(self, node_id: str, peers: Iterable[str]) -> tuple[str, ...]:
+        """The bootstrap voters: `initial_voters` when set, else this node and its peers."""
+        listed = [v.strip() for v in self.initial_voters.split(",") if v.strip()]
+        return tuple(sorted(set(listed) if listed else {node_id, *peers}))
 
 
 def load_lock_settings(env: Mapping[str, str] | None = None) -> LockRoleSettings:

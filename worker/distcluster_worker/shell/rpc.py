@@ -104,6 +104,17 @@ class RpcClient:
         """GET ``url + path``; return (status, decoded JSON or None)."""
         return await self._call("GET", url, path, None, timeout_ms, retries)
 
+    async def delete_json(
+        self,
+        url: str,
+        path: str,
+        *,
+        timeout_ms: int | None = None,
+        retries: int | None = None,
+    ) -> tuple[int, Any]:
+        """DELETE ``url + path``; return (status, decoded JSON or None)."""
+        return await self._call("DELETE", url, path, None, timeout_ms, retries)
+
     async def _call(
         self,
         method: str,
