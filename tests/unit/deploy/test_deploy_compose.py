@@ -50,7 +50,8 @@ def node_defaults() -> dict[str, str]:
     ):
         for name, info in model.model_fields.items():
             default = info.get_default(call_default_factory=True)
-            found[f"{prefix}{name.upper()}"] = "" if default is None else str(default)
+            text = str(default).lower() if isinstance(default, bool) else str(default)
+            found[f"{prefix}{name.upper()}"] = "" if default is None else text
     return {name: value for name, value in found.items() if name not in PER_CONTAINER}
 
 
