@@ -4,8 +4,21 @@ Every path runs the same `reconcile`: create, update (`kubectl scale` too, since
 subresource writes `spec.replicas`), resume when the operator starts, and a timer that
 re-asserts the desired state every `DEFAULT_INTERVAL_S` (a child deleted or edited by hand
 comes back) and refreshes the status from the StatefulSet, the ready pods and, for
-lock_manager, a node's `/raft/status`. One path, so the timer never builds anything the
-handlers would not.
+lock_manager, a node's `/raft/status` and `/raft/members`. One path, so the timer never
+builds anything the handlers would not.
+
+A lock_manager's size is not simply `spec.replicas`: its pods must join the Raft
+configuration after they start and leave it before they go. Each pass asks the pure planner
+(`membership_plan.plan`) for one step from what it observes (the StatefulSet, the ready
+pods, the configuration from `GET /raft/members`), builds the StatefulSet with the size the
+planner holds (not `spec.replicas`: a scale-down keeps every pod until its removal is
+committed) and makes at most one membership call (`POST` or `DELETE /raft/members`): the
+worker changes its configuration one server at a time. Nothing is remembered between
+passes, so a failed or interrupted step is re-planned on the next one. A failed call leaves
+the StatefulSet as it is, the status Degraded (`MembershipChangeFailed`) and one Warning
+Event per distinct message; a 409 (another change running) is only Progressing
+(`MembershipChangeInProgress`). Queue and cache need none of this: their rings follow the
+nodes' heartbeats.
 
 Invariants:
 * Nothing is built from a spec that cannot be applied: `parse_spec` refuses it, or its role
@@ -23,9 +36,9 @@ Invariants:
 * kopf keeps its progress and diff base in annotations under `distcluster.io/`, and the
   handlers return None: the status schema keeps no unknown field, so whatever kopf wrote
   under `status` would be dropped.
-* The outside world comes in through `Deps` (API adapter, `/raft/status` fetcher, clock), put
-  in kopf's memo by the caller, so tests run the real handlers with fakes for what kmock
-  cannot serve.
+* The outside world comes in through `Deps` (API adapter, `/raft/status` fetcher, Raft
+  membership client, clock), put in kopf's memo by the caller, so tests run the real
+  handlers with fakes for what kmock cannot serve.
 """
 
 from __future__ import annotations
@@ -35,7 +48,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import quote
 
 import aiohttp
 import kopf
@@ -51,11 +65,24 @@ from distcluster_operator.builders import (
     worker_selector,
 )
 from distcluster_operator.kube import Kube
+from distcluster_operator.membership_plan import (
+    CONF_CHANGE_IN_PROGRESS,
+    Membership,
+    Step,
+    parse_membership,
+    plan,
+)
 from distcluster_operator.spec import ClusterSpec, SpecError, parse_spec
-from distcluster_operator.status import compute_status, degraded_status
+from distcluster_operator.status import MembershipNote, compute_status, degraded_status
 
 DEFAULT_INTERVAL_S = 15.0
 RAFT_STATUS_TIMEOUT_S = 2.0
+RAFT_MEMBERS_TIMEOUT_S = 2.0
+# A POST returns only once the learner caught up and was promoted: long enough for the
+# worker's own catch-up deadline (it answers 504 past it), short enough that a pass holding
+# the reconcile lock does not hang. Connecting is given the short timeout.
+MEMBERSHIP_CHANGE_TIMEOUT_S = 20.0
+MEMBERSHIP_FAILED = "MembershipChangeFailed"
 HANDLER_BACKOFF_S = 10.0
 FINALIZER = f"{crd.GROUP}/finalizer"
 _RESOURCE = (crd.GROUP, crd.VERSION, crd.PLURAL)
@@ -82,6 +109,70 @@ async def fetch_raft_status(url: str) -> Mapping[str, Any] | None:
     return answer if isinstance(answer, dict) else None
 
 
+@dataclass(frozen=True)
+class MembershipAnswer:
+    """The answer to a membership change: its HTTP status (0 when no node answered) and
+    JSON body (`{"error": {"code", "message"}}` on failure)."""
+
+    status: int
+    body: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def message(self) -> str:
+        error = self.body.get("error")
+        if isinstance(error, Mapping) and error.get("message"):
+            return f"{self.status} {error.get('code', 'error')}: {error['message']}"
+        return f"{self.status} {self.body.get('reason', 'no answer')}"
+
+
+class MembershipClient(Protocol):
+    """The lock role's admin endpoints at `url` (`.../raft/members` of any node)."""
+
+    async def members(self, url: str) -> Mapping[str, Any] | None: ...
+
+    async def add(self, url: str, node_id: str) -> MembershipAnswer: ...
+
+    async def remove(self, url: str, node_id: str) -> MembershipAnswer: ...
+
+
+class HttpMembership:
+    """`MembershipClient` over HTTP; a node that cannot be reached is status 0."""
+
+    async def members(self, url: str) -> Mapping[str, Any] | None:
+        answer = await self._call("GET", url, None, RAFT_MEMBERS_TIMEOUT_S)
+        return answer.body if answer.status == 200 else None
+
+    async def add(self, url: str, node_id: str) -> MembershipAnswer:
+        return await self._call("POST", url, {"id": node_id}, MEMBERSHIP_CHANGE_TIMEOUT_S)
+
+    async def remove(self, url: str, node_id: str) -> MembershipAnswer:
+        target = f"{url}/{quote(node_id, safe='')}"
+        return await self._call("DELETE", target, None, MEMBERSHIP_CHANGE_TIMEOUT_S)
+
+    @staticmethod
+    async def _call(
+        method: str, url: str, payload: Mapping[str, Any] | None, timeout_s: float
+    ) -> MembershipAnswer:
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=RAFT_MEMBERS_TIMEOUT_S)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.request(method, url, json=payload) as response,
+            ):
+                try:
+                    body = await response.json(content_type=None)
+                except ValueError:
+                    body = None
+                return MembershipAnswer(response.status, body if isinstance(body, dict) else {})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = f"{type(exc).__name__} {exc}".strip()
+            return MembershipAnswer(0, {"reason": f"unreachable ({reason})"})
+
+
 def utc_now() -> datetime:
     """The wall clock, read only through `Deps.clock` (condition transition times)."""
     return datetime.now(UTC)
@@ -93,6 +184,7 @@ class Deps:
 
     kube: Kube
     fetch_raft_status: RaftStatusFetcher = field(default=fetch_raft_status)
+    membership: MembershipClient = field(default_factory=HttpMembership)
     clock: Callable[[], datetime] = field(default=utc_now)
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
 
@@ -115,6 +207,55 @@ def raft_status_url(name: str, namespace: str) -> str:
     cluster domain is."""
     service = object_names(name).client_service
     return f"http://{service}.{namespace}.svc:{WORKER_PORT}/raft/status"
+
+
+def raft_members_url(name: str, namespace: str) -> str:
+    """The client Service's `/raft/members`: followers forward changes to the leader."""
+    service = object_names(name).client_service
+    return f"http://{service}.{namespace}.svc:{WORKER_PORT}/raft/members"
+
+
+def statefulset_replicas(statefulset: Mapping[str, Any] | None) -> int | None:
+    """The StatefulSet's `spec.replicas` (None when there is no StatefulSet yet)."""
+    if statefulset is None:
+        return None
+    return int(statefulset.get("spec", {}).get("replicas") or 0)
+
+
+def step_note(step: Step | None, answer: MembershipAnswer | None) -> MembershipNote | None:
+    """What the status says about this pass's membership step: nothing when the size is
+    settled or only the StatefulSet moves, a failure for a failed call, else progress."""
+    if step is None or step.kind in ("done", "patch_replicas"):
+        return None
+    if answer is None or answer.ok:
+        return MembershipNote(step.reason, step.message)
+    if answer.status == 409:
+        return MembershipNote(
+            CONF_CHANGE_IN_PROGRESS,
+            f"{step.message} Another change is running ({answer.message}); retrying.",
+        )
+    verb = "Adding" if step.kind == "add_member" else "Removing"
+    return MembershipNote(
+        MEMBERSHIP_FAILED,
+        f"{verb} {step.member} failed ({answer.message}); the StatefulSet stays at "
+        f"{step.replicas} replicas and the change is retried.",
+        failed=True,
+    )
+
+
+def status_members(
+    spec: ClusterSpec,
+    ready: Sequence[str],
+    membership: Membership | None,
+    previous: Mapping[str, Any],
+) -> list[str]:
+    """The status' members: the committed voters for lock_manager (the last reported ones
+    while the configuration cannot be read), the ready workers otherwise."""
+    if spec.role != "lock_manager":
+        return list(ready)
+    if membership is None:
+        return [str(member) for member in previous.get("members") or []]
+    return sorted(membership.committed_voters)
 
 
 def built_role(statefulset: Mapping[str, Any] | None) -> str | None:
@@ -263,7 +404,10 @@ async def _reconcile(
             raise kopf.PermanentError(invalid.message) from None
         return
     memo.pop("warned", None)
-    objects = desired_objects(name, namespace, spec, deps.cluster_domain)
+    step, membership = await _plan_size(deps, name, namespace, spec, statefulset)
+    replicas = spec.replicas if step is None else step.replicas
+    sized = spec.model_copy(update={"replicas": replicas})
+    objects = desired_objects(name, namespace, sized, deps.cluster_domain)
     kopf.adopt(objects, owner=body)
     stale = stale_children(name, objects)
     changes = await asyncio.to_thread(
@@ -272,7 +416,55 @@ async def _reconcile(
     if changes:
         logger.info("Reconciled: %s", describe_changes(changes))
         kopf.info(body, reason="Reconciled", message=describe_changes(changes))
-    await _refresh_status(body, spec, deps)
+    note = await _change_membership(body, memo, step, logger)
+    await _refresh_status(body, spec, deps, membership, note)
+
+
+async def _plan_size(
+    deps: Deps,
+    name: str,
+    namespace: str,
+    spec: ClusterSpec,
+    statefulset: Mapping[str, Any] | None,
+) -> tuple[Step | None, Membership | None]:
+    """For lock_manager, the planner's step from what is observed now, with the Raft
+    configuration it saw; (None, None) for the other roles, sized by the spec alone."""
+    if spec.role != "lock_manager":
+        return None, None
+    pods = await asyncio.to_thread(deps.kube.list, "v1", "Pod", namespace, selector_string(name))
+    membership = parse_membership(await deps.membership.members(raft_members_url(name, namespace)))
+    current = statefulset_replicas(statefulset)
+    return plan(name, spec.replicas, current, ready_members(pods, name), membership), membership
+
+
+async def _change_membership(
+    body: kopf.Body, memo: kopf.Memo, step: Step | None, logger: kopf.Logger
+) -> MembershipNote | None:
+    """Make the step's membership call, if any; what the status should say about it. A
+    failure is a Warning Event, once per distinct message."""
+    if step is None or step.member is None:
+        return step_note(step, None)
+    deps = _deps(memo)
+    meta = body.get("metadata", {})
+    url = raft_members_url(str(meta["name"]), str(meta["namespace"]))
+    if step.kind == "add_member":
+        answer = await deps.membership.add(url, step.member)
+    else:
+        answer = await deps.membership.remove(url, step.member)
+    note = step_note(step, answer)
+    if note is not None and note.failed:
+        if memo.get("membership_warned") != note.message:
+            logger.warning("%s: %s", note.reason, note.message)
+            kopf.warn(body, reason=note.reason, message=note.message)
+            memo["membership_warned"] = note.message
+    else:
+        memo.pop("membership_warned", None)
+        if answer.ok:
+            done = "added to" if step.kind == "add_member" else "removed from"
+            message = f"{step.member} {done} the Raft configuration."
+            logger.info("%s", message)
+            kopf.info(body, reason=step.reason, message=message)
+    return note
 
 
 def _apply_children(
@@ -318,17 +510,24 @@ async def _report_invalid(
         )
 
 
-async def _refresh_status(body: kopf.Body, spec: ClusterSpec, deps: Deps) -> None:
+async def _refresh_status(
+    body: kopf.Body,
+    spec: ClusterSpec,
+    deps: Deps,
+    membership: Membership | None = None,
+    note: MembershipNote | None = None,
+) -> None:
     """Observe the StatefulSet, the ready pods and the leader; patch the status if it moved."""
     meta = body.get("metadata", {})
     name, namespace = str(meta["name"]), str(meta["namespace"])
-    sts_status, members = await asyncio.to_thread(_observe, deps.kube, name, namespace)
+    sts_status, ready = await asyncio.to_thread(_observe, deps.kube, name, namespace)
+    current = body.get("status") or {}
+    members = status_members(spec, ready, membership, current)
     leader = None
     if spec.role == "lock_manager" and members:
         answer = await deps.fetch_raft_status(raft_status_url(name, namespace))
         reported = (answer or {}).get("leader_id")
         leader = reported if reported in members else None
-    current = body.get("status") or {}
     status = compute_status(
         spec,
         _generation(body),
@@ -338,6 +537,7 @@ async def _refresh_status(body: kopf.Body, spec: ClusterSpec, deps: Deps) -> Non
         current.get("conditions") or [],
         iso(deps.clock()),
         name=name,
+        membership=note,
     )
     if status_changed(current, status):
         await asyncio.to_thread(deps.kube.patch_cr_status, namespace, name, status)

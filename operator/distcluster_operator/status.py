@@ -10,8 +10,15 @@ Phase, in order of precedence (the first rule that matches):
   out a new template (`RollingUpdate`), has pods not ready (`ReplicasNotReady`), or, for
   lock_manager, every pod is ready but no leader is known (`NoLeader`).
 * `Ready`: every wanted worker is ready, updated, and (lock_manager) a leader is known.
-* `Degraded`: only from `degraded_status`: the spec cannot be applied (for example
-  `InvalidSpec`); nothing is built or changed until it is fixed.
+* `Degraded`: from `degraded_status`: the spec cannot be applied (for example
+  `InvalidSpec`); nothing is built or changed until it is fixed. Also, for lock_manager,
+  when a Raft membership call failed (`MembershipChangeFailed`, a `MembershipNote` with
+  `failed`): the StatefulSet is left as it is and the call is retried on the next pass.
+
+A lock_manager's membership step under way (a `MembershipNote` without `failed`: a member
+being added or removed, a change not committed yet, a new pod not ready) turns `Ready` and
+`Progressing` into `Progressing` with the note's reason: the pods may all be ready while the
+configuration is not yet what the spec asks. `Pending` stays `Pending`.
 
 Conditions follow the Kubernetes convention: `Ready`, `Progressing` and `Degraded`, each
 with a CamelCase reason, a message and the generation it was computed from. A condition's
@@ -25,12 +32,23 @@ null removes a leader that is no longer true.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from distcluster_operator.builders import selector_string
 from distcluster_operator.spec import ClusterSpec
 
 Condition = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MembershipNote:
+    """What the lock_manager's membership step of this pass says about the cluster: a
+    CamelCase `reason`, a sentence, and whether a membership call failed."""
+
+    reason: str
+    message: str
+    failed: bool = False
 
 
 def find_condition(conditions: Sequence[Mapping[str, Any]], type_: str) -> Mapping[str, Any] | None:
@@ -116,6 +134,7 @@ def compute_status(
     now_iso: str,
     *,
     name: str,
+    membership: MembershipNote | None = None,
 ) -> dict[str, Any]:
     """The whole `status` of a DistCluster named `name` with a valid spec.
 
@@ -123,11 +142,16 @@ def compute_status(
     `replicas`, `readyReplicas`, `updatedReplicas`, `currentRevision` and `updateRevision`
     are read (a missing count is 0; missing update fields are not checked);
     `leader` the Raft leader's node id (always None for queue and cache); `members` the
-    ready workers' node ids; `previous_conditions` the resource's current
-    `status.conditions`; `now_iso` an RFC 3339 time such as `2025-01-02T03:04:05Z`.
+    node ids of the cluster: for lock_manager the committed Raft voters, else the ready
+    workers; `previous_conditions` the resource's current `status.conditions`; `now_iso`
+    an RFC 3339 time such as `2025-01-02T03:04:05Z`; `membership` the lock_manager's
+    membership step of this pass, when one is under way or failed (see the module doc).
     """
     phase, reason, message = assess(spec, sts_status, leader)
+    if membership is not None and not membership.failed and phase in ("Ready", "Progressing"):
+        phase, reason, message = "Progressing", membership.reason, membership.message
     in_progress = phase in ("Pending", "Progressing")
+    failed = membership is not None and membership.failed
     conditions = [
         condition(
             "Ready", phase == "Ready", reason, message, generation, previous_conditions, now_iso
@@ -143,9 +167,9 @@ def compute_status(
         ),
         condition(
             "Degraded",
-            False,
-            "AsExpected",
-            "The spec is valid.",
+            failed,
+            membership.reason if membership is not None and failed else "AsExpected",
+            membership.message if membership is not None and failed else "The spec is valid.",
             generation,
             previous_conditions,
             now_iso,
@@ -153,7 +177,7 @@ def compute_status(
     ]
     sts = sts_status or {}
     return {
-        "phase": phase,
+        "phase": "Degraded" if failed else phase,
         "replicas": int(sts.get("replicas") or 0),
         "readyReplicas": int(sts.get("readyReplicas") or 0),
         "leader": leader if spec.role == "lock_manager" else None,

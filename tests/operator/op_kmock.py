@@ -5,7 +5,7 @@ DistCluster resource registered (without both, kopf silently never watches), wri
 kubeconfig for it, points the kubernetes client's default kubeconfig location at it (the
 client reads `KUBECONFIG` once, at import), and runs the operator the way `cli.main` does:
 `kopf.run` with `build_registry` and a `Deps` in the memo, here with a short timer interval,
-a fake `/raft/status` and a fixed clock.
+a fake `/raft/status`, a fake Raft membership client (`FakeMembership`) and a fixed clock.
 
 kopf runs in a thread of its own, with its own event loop: kmock serves from the test's
 loop, which therefore stays free (tests wait with `await asyncio.sleep`, never
@@ -43,7 +43,7 @@ import pytest
 import yaml
 
 from distcluster_operator import crd
-from distcluster_operator.handlers import Deps, build_registry
+from distcluster_operator.handlers import Deps, MembershipAnswer, build_registry
 from distcluster_operator.kube import Kube, resource_path
 
 NAMESPACE = "default"
@@ -128,11 +128,69 @@ class FakeRaft:
 
 
 @dataclass
+class FakeMembership:
+    """The lock role's `/raft/members` as a tiny in-memory cluster, for `Deps.membership`.
+
+    `voters` None answers the GET with nothing (no leader, node unreachable). An add makes
+    the node a voter at once; a removal drops it from the latest configuration and, unless
+    `commit_removals` is off, from the committed one too (`commit()` does it later). Every
+    change is recorded in `calls` as (method, node id, the StatefulSet's `spec.replicas` at
+    that moment), so tests see the order of membership calls and StatefulSet writes.
+    `fail` answers every change with this answer instead (a scripted failure)."""
+
+    voters: list[str] | None = None
+    committed_voters: list[str] | None = None
+    commit_removals: bool = True
+    fail: MembershipAnswer | None = None
+    calls: list[tuple[str, str, int | None]] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    replicas: Callable[[], int | None] = lambda: None
+
+    def commit(self) -> None:
+        self.committed_voters = None
+
+    async def members(self, url: str) -> Mapping[str, Any] | None:
+        self.urls.append(url)
+        if self.voters is None:
+            return None
+        committed = self.voters if self.committed_voters is None else self.committed_voters
+        return {
+            "voters": list(self.voters),
+            "learners": [],
+            "committed": {"voters": list(committed), "learners": []},
+            "config_index": 7,
+            "leader_id": self.voters[0] if self.voters else None,
+        }
+
+    async def add(self, url: str, node_id: str) -> MembershipAnswer:
+        self.calls.append(("POST", node_id, self.replicas()))
+        if self.fail is not None:
+            return self.fail
+        self.voters = sorted({*(self.voters or []), node_id})
+        return MembershipAnswer(200, {"voters": self.voters, "learners": []})
+
+    async def remove(self, url: str, node_id: str) -> MembershipAnswer:
+        self.calls.append(("DELETE", node_id, self.replicas()))
+        if self.fail is not None:
+            return self.fail
+        if node_id not in (self.voters or []):
+            return MembershipAnswer(404, {"error": {"code": "not_member", "message": node_id}})
+        before = list(self.voters or [])
+        self.voters = [voter for voter in before if voter != node_id]
+        if not self.commit_removals and self.committed_voters is None:
+            self.committed_voters = before
+        elif self.commit_removals:
+            self.committed_voters = None
+        return MembershipAnswer(200, {"voters": self.voters, "learners": []})
+
+
+@dataclass
 class Harness:
     """The mock API server, the fakes, and what a test does as a user or a controller."""
 
     server: Any  # kmock.KubernetesEmulator
     raft: FakeRaft
+    membership: FakeMembership
 
     def obj(self, resource: str, name: str) -> dict[str, Any] | None:
         """An object as stored by the mock server, or None when it does not exist."""
@@ -196,6 +254,11 @@ class Harness:
     def fake_statefulset_status(self, name: str, **status: Any) -> None:
         """What the StatefulSet controller would report (no watch event: nobody watches)."""
         self.server.objects["apps/v1/statefulsets", NAMESPACE, name].patch({"status": status})
+
+    def replicas(self, name: str) -> int | None:
+        """The StatefulSet's `spec.replicas` as stored, or None when there is none."""
+        found = self.obj("apps/v1/statefulsets", name)
+        return None if found is None else int(found["spec"]["replicas"])
 
     def fake_pod(self, name: str, ordinal: int, *, ready: bool) -> None:
         """A worker pod as the StatefulSet controller and the kubelet would leave it."""
@@ -288,10 +351,11 @@ async def _operator(
         kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig)
     )
     raft = FakeRaft()
+    membership = FakeMembership()
     # A short timeout: once in a while an answer of the mock server never reaches the client
     # (seen with aiohttp 3.14); the call then fails and the timer's next run does the work.
     kube = Kube.from_environment(timeout_s=REQUEST_TIMEOUT_S)
-    deps = Deps(kube=kube, fetch_raft_status=raft, clock=lambda: NOW)
+    deps = Deps(kube=kube, fetch_raft_status=raft, membership=membership, clock=lambda: NOW)
     stop, ready = threading.Event(), threading.Event()
     failures: list[BaseException] = []
 
@@ -313,7 +377,8 @@ async def _operator(
     if not await asyncio.to_thread(ready.wait, 10):
         raise AssertionError(f"the operator did not start: {failures}")
     try:
-        yield Harness(server=server, raft=raft)
+        harness = Harness(server=server, raft=raft, membership=membership)
+        yield harness
     finally:
         stop.set()
         await asyncio.to_thread(thread.join, 10)

@@ -224,6 +224,7 @@ async def test_status_follows_the_statefulset_the_pods_and_the_raft_leader(op: H
     for ordinal in range(3):
         op.fake_pod("demo", ordinal, ready=True)
     op.raft.leader = "demo-1"
+    op.membership.voters = ["demo-0", "demo-1", "demo-2"]  # the status lists the voters
     op.fake_statefulset_status("demo", replicas=3, readyReplicas=3, updatedReplicas=3)
     await eventually(lambda: op.status("demo").get("phase") == "Ready")
     status = op.status("demo")

@@ -9,7 +9,12 @@ from op_kube import cr_errors, resource
 
 from distcluster_operator.builders import selector_string
 from distcluster_operator.spec import parse_spec
-from distcluster_operator.status import compute_status, degraded_status, find_condition
+from distcluster_operator.status import (
+    MembershipNote,
+    compute_status,
+    degraded_status,
+    find_condition,
+)
 
 T0 = "2025-01-01T00:00:00Z"
 T1 = "2025-01-01T00:05:00Z"
@@ -155,3 +160,43 @@ def test_degraded_then_fixed() -> None:
     assert fixed["phase"] == "Ready"
     times = {c["type"]: c["lastTransitionTime"] for c in fixed["conditions"]}
     assert times == {"Ready": T1, "Progressing": T0, "Degraded": T1}
+
+
+def noted(note: MembershipNote, sts_status: dict[str, Any] | None = None) -> dict[str, Any]:
+    members = ["locks-0", "locks-1", "locks-2"]
+    return compute_status(
+        LOCKS, 7, sts_status or sts(), "locks-0", members, [], T0, name="locks", membership=note
+    )
+
+
+def test_a_membership_step_under_way_is_progressing_with_its_reason() -> None:
+    adding = MembershipNote("AddingMember", "Adding locks-3 to the Raft configuration.")
+    status = noted(adding)  # every pod ready, a leader known: Ready without the note
+    assert status["phase"] == "Progressing"
+    assert conditions(status) == {
+        "Ready": ("False", "AddingMember"),
+        "Progressing": ("True", "AddingMember"),
+        "Degraded": ("False", "AsExpected"),
+    }
+    scaling = noted(adding, sts(replicas=5, ready=3))  # the note is more precise than Scaling
+    assert conditions(scaling)["Progressing"] == ("True", "AddingMember")
+    pending = noted(adding, sts(ready=0))  # nothing serves yet: still Pending
+    assert pending["phase"] == "Pending"
+    assert conditions(pending)["Progressing"] == ("True", "NoReplicaReady")
+
+
+def test_a_failed_membership_call_is_degraded_and_keeps_the_replica_counts() -> None:
+    failed = MembershipNote("MembershipChangeFailed", "Removing locks-4 failed.", failed=True)
+    status = noted(failed, sts(replicas=5, ready=5))
+    assert status["phase"] == "Degraded"
+    assert status["replicas"] == 5
+    assert conditions(status) == {
+        "Ready": ("False", "Scaling"),
+        "Progressing": ("True", "Scaling"),
+        "Degraded": ("True", "MembershipChangeFailed"),
+    }
+    degraded = find_condition(status["conditions"], "Degraded")
+    assert degraded is not None
+    assert degraded["message"] == "Removing locks-4 failed."
+    stored = {key: value for key, value in status.items() if value is not None}
+    assert cr_errors({**resource({"role": "lock_manager"}), "status": stored}) == []
