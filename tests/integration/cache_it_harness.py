@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from lock_it_harness import ProxyMesh, Reply, _parse, free_port_block, log_tails, wait_for
+from lock_it_harness import (
+    ProxyMesh,
+    Reply,
+    free_port_block,
+    http_request,
+    log_tails,
+    wait_for,
+)
 
 from distcluster_worker.ring import HashRing
 from distcluster_worker.runner.cluster import node_env
@@ -63,14 +70,8 @@ class CacheCluster:
         self, node: str, method: str, path: str, payload: Any = None, data: str | None = None,
         timeout_s: float = 15.0,
     ) -> Reply:  # fmt: skip
-        kwargs: dict[str, Any] = {"timeout": aiohttp.ClientTimeout(total=timeout_s)}
-        if payload is not None:
-            kwargs["json"] = payload
-        elif data is not None:
-            kwargs["data"] = data
-            kwargs["headers"] = {"Content-Type": "application/json"}
-        async with self.session.request(method, self.urls[node] + path, **kwargs) as r:
-            return Reply(r.status, _parse(await r.text()))
+        url = self.urls[node] + path
+        return await http_request(self.session, method, url, payload, data, timeout_s)
 
     async def get(self, node: str, key: str, timeout_s: float = 15.0) -> Reply:
         return await self.call(node, "GET", f"/cache/{key}", timeout_s=timeout_s)

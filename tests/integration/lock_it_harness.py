@@ -204,15 +204,7 @@ class LockCluster:
     ) -> Reply:
         """One request straight to `node`; HTTP errors come back as a Reply."""
         url = self.cluster.urls[node] + path
-        kwargs: dict[str, Any] = {"timeout": aiohttp.ClientTimeout(total=timeout_s)}
-        if payload is not None:
-            kwargs["json"] = payload
-        elif data is not None:
-            kwargs["data"] = data
-            kwargs["headers"] = {"Content-Type": "application/json"}
-        async with self.session.request(method, url, **kwargs) as resp:
-            text = await resp.text()
-            return Reply(resp.status, _parse(text))
+        return await http_request(self.session, method, url, payload, data, timeout_s)
 
     async def acquire(
         self,
@@ -382,6 +374,27 @@ def metric_value(text: str, name: str, labels: Mapping[str, str]) -> float | Non
         if metric_name == name and all(w in label_text for w in wanted):
             found.append(float(value))
     return sum(found) if found else None
+
+
+async def http_request(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    payload: Any = None,
+    data: bytes | str | None = None,
+    timeout_s: float = 15.0,
+) -> Reply:
+    """One request of a test harness (lock, queue, cache): `payload` is sent as JSON, `data`
+    as a raw body labelled JSON (for malformed-input tests); HTTP errors come back as a
+    Reply, never as an exception."""
+    kwargs: dict[str, Any] = {"timeout": aiohttp.ClientTimeout(total=timeout_s)}
+    if payload is not None:
+        kwargs["json"] = payload
+    elif data is not None:
+        kwargs["data"] = data
+        kwargs["headers"] = {"Content-Type": "application/json"}
+    async with session.request(method, url, **kwargs) as resp:
+        return Reply(resp.status, _parse(await resp.text()))
 
 
 def _parse(text: str) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from lock_it_harness import Reply, _parse, free_port_block, log_tails, wait_for
+from lock_it_harness import Reply, free_port_block, http_request, log_tails, wait_for
 
 from distcluster_worker.runner.cluster import LocalCluster
 from distcluster_worker.runner.redis_server import RedisServer
@@ -52,14 +52,8 @@ class QueueCluster:
         self, node: str, method: str, path: str, payload: Any = None, data: str | None = None,
         timeout_s: float = 10.0,
     ) -> Reply:  # fmt: skip
-        kwargs: dict[str, Any] = {"timeout": aiohttp.ClientTimeout(total=timeout_s)}
-        if payload is not None:
-            kwargs["json"] = payload
-        elif data is not None:
-            kwargs["data"] = data
-            kwargs["headers"] = {"Content-Type": "application/json"}
-        async with self.session.request(method, self.cluster.urls[node] + path, **kwargs) as r:
-            return Reply(r.status, _parse(await r.text()))
+        url = self.cluster.urls[node] + path
+        return await http_request(self.session, method, url, payload, data, timeout_s)
 
     async def publish(self, node: str, topic: str, message: Any, **extra: Any) -> Reply:
         return await self.call(
