@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -126,19 +125,6 @@ class Cluster:
                 if len(leaders) == 1:
                     return leaders[0]
                 await asyncio.sleep(0.01)
-
-
-@pytest.fixture(params=["http", "stream"])
-async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
-    c = Cluster(transport=request.param)
-    for seed, node_id in enumerate(IDS):
-        await c.start(node_id, seed)
-    yield c
-    for node_id in list(c.drivers):
-        await c.stop(node_id)
-    for task in c.inbound:
-        task.cancel()
-    await asyncio.gather(*c.inbound, return_exceptions=True)
 
 
 def _acquire(request_id: str, owner: str, resource: str = "r", wait_ms: int = 0) -> dict:  # type: ignore[type-arg]

@@ -4,7 +4,6 @@ removal drops links; the admin logic (`MemberChanges`) maps the core's errors.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from test_lock_role_driver import IDS, Cluster, _acquire
@@ -17,19 +16,6 @@ from distcluster_worker.lock_role.members import (
 from distcluster_worker.lock_role.settings import load_lock_settings
 from distcluster_worker.locks.outcomes import Granted
 from distcluster_worker.shell.errors import ApiError
-
-
-@pytest.fixture(params=["http", "stream"])
-async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
-    c = Cluster(transport=request.param)
-    for seed, node_id in enumerate(IDS):
-        await c.start(node_id, seed)
-    yield c
-    for node_id in list(c.drivers):
-        await c.stop(node_id)
-    for task in c.inbound:
-        task.cancel()
-    await asyncio.gather(*c.inbound, return_exceptions=True)
 
 
 def _changes(cluster: Cluster, node_id: str) -> MemberChanges:
