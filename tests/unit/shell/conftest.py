@@ -101,6 +101,7 @@ def settings_for(**values: Any) -> Settings:
 @pytest.fixture
 def make_node() -> Callable[..., EchoNode]:
     def make(clock: Callable[[], float] | None = None, **values: Any) -> EchoNode:
+        values.setdefault("node_id", "node1")
         values.setdefault("peers", "node1=127.0.0.1:8001,node2=127.0.0.1:8002")
         return EchoNode(settings_for(**values), clock=clock)
 

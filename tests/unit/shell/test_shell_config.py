@@ -8,6 +8,7 @@ from distcluster_worker.shell.config import (
     _RULES,
     ConfigError,
     Settings,
+    host_node_id,
     load_settings,
     parse_peers,
 )
@@ -15,7 +16,7 @@ from distcluster_worker.shell.config import (
 
 def test_defaults_need_no_environment() -> None:
     settings = load_settings({})
-    assert settings.node_id == "node1"
+    assert settings.node_id == host_node_id()
     assert settings.node_type == "lock_manager"
     assert settings.port == 8001
     assert settings.redis_url == "redis://127.0.0.1:6379/0"

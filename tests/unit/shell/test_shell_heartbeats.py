@@ -7,7 +7,7 @@ import pytest
 from distcluster_worker.membership import Changes
 from distcluster_worker.shell.cluster_view import ClusterView
 from distcluster_worker.shell.errors import ApiError
-from distcluster_worker.shell.heartbeats import Heartbeats, loop_ms
+from distcluster_worker.shell.heartbeats import Heartbeat, Heartbeats, loop_ms
 from distcluster_worker.shell.rpc import RpcClient
 
 
@@ -34,14 +34,17 @@ def _view() -> ClusterView:
 async def test_a_stranger_is_refused() -> None:
     beats = _beats(_view(), [])
     with pytest.raises(ApiError) as info:
-        beats.receive("node9", 1)
+        beats.receive(Heartbeat(node_id="node9", incarnation=1))
     assert info.value.status == 403
 
 
 async def test_a_peer_is_answered_with_our_id_and_incarnation() -> None:
     view = _view()
     beats = _beats(view, [])
-    assert beats.receive("node2", 7) == {"node_id": "node1", "incarnation": 42}
+    assert beats.receive(Heartbeat(node_id="node2", incarnation=7)) == {
+        "node_id": "node1",
+        "incarnation": 42,
+    }
     assert view.membership.state("node2").value == "alive"
 
 
@@ -57,3 +60,32 @@ async def test_an_unreachable_peer_leaves_the_ring_after_the_dead_bound() -> Non
     changes = view.tick(start + 250)
     assert "node2" in changes.left
     assert "node2" not in view.ring.members
+
+
+async def test_a_stranger_that_gives_its_url_is_learned_when_discovery_is_on() -> None:
+    view, learned = _view(), []
+
+    def learn(node_id: str, url: str) -> None:
+        learned.append((node_id, url))
+        peers[node_id] = url
+        view.add(node_id, loop_ms())
+
+    peers = {"node2": "http://127.0.0.1:9"}
+    beats = Heartbeats(
+        node_id="node1",
+        peer_urls=peers,
+        rpc=lambda: RpcClient(200, 0),
+        view=view,
+        path="/ring/heartbeat",
+        interval_ms=100,
+        incarnation=42,
+        on_changes=lambda changes: None,
+        url="http://n1:1",
+        learn=learn,
+    )
+    answer = beats.receive(Heartbeat(node_id="node9", incarnation=1, url="http://n9:1"))
+    assert answer == {"node_id": "node1", "incarnation": 42, "url": "http://n1:1"}
+    assert learned == [("node9", "http://n9:1")]
+    assert "node9" in view.ring.members
+    with pytest.raises(ApiError):  # no URL, no introduction
+        beats.receive(Heartbeat(node_id="node8", incarnation=1))

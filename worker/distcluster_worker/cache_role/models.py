@@ -91,8 +91,3 @@ class BusRead(_Body):
 class Invalidate(_Body):
     key: Key
     txn: GrantWire
-
-
-class Heartbeat(_Body):
-    node_id: NodeId
-    incarnation: NonNegativeInt

@@ -48,8 +48,9 @@ from distcluster_worker.eviction import Line, LineStore
 from distcluster_worker.membership import Changes
 from distcluster_worker.shell.cluster_view import ClusterView
 from distcluster_worker.shell.config import Settings
+from distcluster_worker.shell.discovery import Diff
 from distcluster_worker.shell.errors import ApiError, parse_json
-from distcluster_worker.shell.heartbeats import Heartbeats, loop_ms
+from distcluster_worker.shell.heartbeats import Heartbeat, Heartbeats, loop_ms
 from distcluster_worker.shell.jsonio import json_response
 from distcluster_worker.shell.node import BaseNode
 from distcluster_worker.shell.openapi import Operation
@@ -71,7 +72,7 @@ class CacheNode(BaseNode):
     ) -> None:
         super().__init__(settings, **kwargs)
         self.c = cache_settings if cache_settings is not None else load_cache_settings()
-        self.view = ClusterView.for_peers(settings.node_id, settings.peer_urls, self.c)
+        self.view = ClusterView.for_peers(settings.node_id, self.peer_urls, self.c)
         store = LineStore(self.c.capacity, self.c.policy, max_bytes=self.c.max_bytes)
         copies = CopyTable(self.c.serve_ms, fence_keep_ms=2 * self.c.lease_ms)
         self.local = LocalCache(store, copies)
@@ -173,11 +174,14 @@ class CacheNode(BaseNode):
         if changes.ring_changed and self._home is not None:
             self._home.start_grace()
 
+    def on_peers_changed(self, change: Diff) -> None:
+        self._changed(self.view.discovered(change, self._mono_ms()))
+
     async def _heartbeat(self, request: web.Request) -> web.Response:
-        body = await parse_json(request, m.Heartbeat)
+        body = await parse_json(request, Heartbeat)
         if self._beats is None:
             raise ApiError(503, "not_ready", "the node is starting")
-        return json_response(self._beats.receive(body.node_id, body.incarnation))
+        return json_response(self._beats.receive(body))
 
     # -- lease renewal -----------------------------------------------------------------
 
@@ -254,7 +258,7 @@ class CacheNode(BaseNode):
             Operation("post", "/cache/home/evicted", "Home: copy gone", m.HomeEvicted, None, {}),
             Operation("post", "/cache/bus_read", "Supply a line", m.BusRead, None, {}),
             Operation("post", "/cache/invalidate", "Drop a line", m.Invalidate, None, {}),
-            Operation("post", "/cache/heartbeat", "Node-to-node heartbeat", m.Heartbeat, None, {}),
+            Operation("post", "/cache/heartbeat", "Node-to-node heartbeat", Heartbeat, None, {}),
         ]
 
     # -- client endpoints ----------------------------------------------------------------
@@ -426,7 +430,7 @@ class CacheNode(BaseNode):
             self.mx.bus.labels("sent").inc()
         if node == self.settings.node_id:
             return await self._deliver_local(path, body)
-        url = self.settings.peer_urls.get(node)
+        url = self.peer_urls.get(node)
         if url is None:
             return 0, None
         try:
@@ -453,7 +457,9 @@ class CacheNode(BaseNode):
             if path == "/cache/home/read":
                 return await self.home.read(body["key"], me)
             return await self.home.write(body["key"], me, body["value"], body["dropped"])
-        url = self.settings.peer_urls[home_id]
+        url = self.peer_urls.get(home_id)
+        if url is None:  # left the cluster between the ring look-up and now
+            raise ApiError(503, "unavailable", f"home {home_id} of the key left the cluster")
         timeout_ms = self.c.txn_timeout_ms + 2 * self.c.lease_ms + self.settings.rpc_timeout_ms
         try:
             status, reply = await self.rpc.post_json(

@@ -121,7 +121,8 @@ class RaftDriver:
         self._links = links
         self._senders: dict[str, PeerLink] = {}
         self._sender_tasks: dict[str, list[asyncio.Task[None]]] = {}
-        self._addressable = None if addressable is None else frozenset(addressable)
+        # Kept by reference: discovery adds peers' addresses while the node runs.
+        self._addressable = addressable
         self._linked_members: tuple[str, ...] | None = None
         self._running = False
         self._inbox = BoundedQueue(INBOX_LIMIT)
@@ -166,6 +167,11 @@ class RaftDriver:
             for task in self._sender_tasks.pop(peer, []):
                 task.cancel()
         self._log.info("raft peer links", extra={"peers": sorted(self._senders)})
+
+    def refresh_links(self) -> None:
+        """The set of addressable peers changed (discovery): link to those now known."""
+        self._linked_members = None
+        self.sync_links()
 
     def _make_link(self, peer: str) -> PeerLink:
         if self._links is not None:

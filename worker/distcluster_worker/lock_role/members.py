@@ -51,7 +51,11 @@ def check_member_id(node_id: Any, peers: Mapping[str, str]) -> str:
     if not isinstance(node_id, str) or NODE_ID_RE.match(node_id) is None:
         raise ApiError(400, "invalid_conf_change", f"bad node id {node_id!r}", reason="bad_node_id")
     if node_id not in peers:
-        raise ApiError(400, "unknown_peer", f"{node_id!r} is not in this node's PEERS")
+        raise ApiError(
+            400,
+            "unknown_peer",
+            f"{node_id!r} is neither in PEERS nor discovered (is it running?)",
+        )
     return node_id
 
 

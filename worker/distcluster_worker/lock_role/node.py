@@ -48,13 +48,14 @@ from distcluster_worker.lock_role.responses import outcome_answer
 from distcluster_worker.lock_role.service import LockService, QuorumUnavailableError
 from distcluster_worker.lock_role.settings import LockRoleSettings, load_lock_settings
 from distcluster_worker.lock_role.storage import RedisRaftStorage
-from distcluster_worker.lock_role.stream import STREAM_PATH
+from distcluster_worker.lock_role.stream import MAX_FRAME_BYTES, STREAM_PATH
 from distcluster_worker.lock_role.transport import StreamCollector, StreamTransport
 from distcluster_worker.locks.outcomes import Outcome
 from distcluster_worker.raft.messages import Message, WireError, message_from_wire, message_to_wire
 from distcluster_worker.raft.node import NotLeader, RaftConfig, RaftNode
 from distcluster_worker.shell import jsonio
 from distcluster_worker.shell.config import Settings
+from distcluster_worker.shell.discovery import Diff
 from distcluster_worker.shell.errors import ApiError, error_response, parse_json
 from distcluster_worker.shell.jsonio import json_response
 from distcluster_worker.shell.node import BaseNode
@@ -73,9 +74,6 @@ class LockNode(BaseNode):
     ) -> None:
         super().__init__(settings, **kwargs)
         self.lock_settings = lock_settings if lock_settings is not None else load_lock_settings()
-        # Parsed once: `Settings.peer_urls` parses PEERS on every access, and the Raft
-        # and forwarding paths look peers up on every message.
-        self.peer_urls = settings.peer_urls
         # Built whatever RAFT_TRANSPORT says: every node accepts streams from its peers.
         self.streams = StreamTransport(
             settings.node_id,
@@ -149,7 +147,7 @@ class LockNode(BaseNode):
             voters=voters,
             election_timeout_ticks=s.raft_election_ticks,
             heartbeat_ticks=s.raft_heartbeat_ticks,
-            join=self.lock_settings.join and (empty or s.node_id not in voters),
+            join=self.lock_settings.joins(s.node_id, voters, empty=empty),
         )
         node = RaftNode(config, random.Random(), restored)
         self.driver = RaftDriver(
@@ -176,6 +174,11 @@ class LockNode(BaseNode):
                 "transport": self.lock_settings.transport,
             },
         )
+
+    def on_peers_changed(self, change: Diff) -> None:
+        """Discovery learned addresses: link to members that were unreachable so far."""
+        if self.driver is not None:
+            self.driver.refresh_links()
 
     async def _send(self, peer: str, path: str, messages: list[Message]) -> list[Message]:
         body = {"messages": [message_to_wire(m) for m in messages]}
@@ -390,7 +393,10 @@ class LockNode(BaseNode):
 
     async def _raft_rpc(self, request: web.Request) -> web.Response:
         try:
-            raw = await request.json(loads=jsonio.loads)
+            # Peer to peer, so bounded like a stream frame rather than by MAX_BODY_BYTES:
+            # the batch that catches a learner up is larger than any client request.
+            peer_request = request.clone(client_max_size=MAX_FRAME_BYTES)
+            raw = await peer_request.json(loads=jsonio.loads)
             messages = [message_from_wire(m) for m in raw["messages"]]
         except (ValueError, KeyError, TypeError, WireError) as exc:
             return error_response(400, "bad_request", f"bad Raft message: {exc}")

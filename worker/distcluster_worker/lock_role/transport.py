@@ -52,7 +52,7 @@ class StreamTransport:
         log: Log,
     ) -> None:
         self.node_id = node_id
-        self.peer_urls = dict(peer_urls)
+        self.peer_urls = peer_urls  # by reference: discovery adds peers at run time
         self.dead_after_s = dead_after_s
         self.links: dict[str, StreamLink] = {}
         self.inbound: dict[InboundStream, web.WebSocketResponse] = {}

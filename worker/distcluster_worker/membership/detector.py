@@ -31,7 +31,10 @@ Why these choices:
   example its boot time in ms); one older than the last seen is from a previous life of
   the node (a delayed packet) and is ignored. A newer one is reported as `restarted`.
 * Unknown senders are ignored (and counted): membership is the configured peer list, so
-  a misaddressed heartbeat cannot add a node to the ring.
+  a misaddressed heartbeat cannot add a node to the ring. The shell adds members it
+  learns at run time (`add`, from discovery): they start dead and join on their first
+  heartbeat, so a stale registry entry never takes a share of the ring. `forget` drops
+  a member that left for good.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class _Peer:
     since_ms: int
     last_heard_ms: int | None = None
     incarnation: int | None = None
+    discovered: bool = False  # added at run time (`add`): dead until first heard
 
 
 class Membership:
@@ -139,6 +143,29 @@ class Membership:
             recovered=(member,) if before is MemberState.SUSPECT else (),
             restarted=(member,) if restarted else (),
         )
+
+    def add(self, member: str, now_ms: int) -> Changes:
+        """Track `member`, learned at run time (discovery): it joins when first heard.
+
+        It starts dead, not alive like the configured peers: a registry can name a node
+        that is gone (or was never reachable from here), and it must not take topics or
+        keys before it proved it answers. Adding a known member changes nothing.
+        """
+        _check_id(member)
+        now = self._advance(now_ms)
+        if member != self._self_id and member not in self._peers:
+            self._peers[member] = _Peer(MemberState.DEAD, since_ms=now, discovered=True)
+        self.check()
+        return NO_CHANGES
+
+    def forget(self, member: str, now_ms: int) -> Changes:
+        """Stop tracking `member` (it left the cluster); `left` if it was on the ring."""
+        self._advance(now_ms)
+        peer = self._peers.pop(member, None)
+        self.check()
+        if peer is None or peer.state is MemberState.DEAD:
+            return NO_CHANGES
+        return Changes(left=(member,))
 
     def report_unreachable(self, member: str, now_ms: int) -> Changes:
         """The shell failed to reach `member`: suspect it now (it stays in the ring)."""
@@ -240,7 +267,9 @@ class Membership:
             heard = self._heard_or_start(peer)
             require(heard <= self._clock_ms, f"{member} was heard in the future")
             require(peer.since_ms <= self._clock_ms, f"{member} changed state in the future")
-            if peer.state is MemberState.DEAD:
+            if peer.state is MemberState.DEAD and not (
+                peer.discovered and peer.last_heard_ms is None
+            ):
                 silent_ms = self._clock_ms - heard
                 require(silent_ms >= self._dead_after_ms, f"{member} is dead too early")
 

@@ -127,8 +127,3 @@ class RingLookup(BaseModel):
     topic: str
     owner: str
     members: list[str]
-
-
-class Heartbeat(_Body):
-    node_id: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$")]
-    incarnation: NonNegativeInt

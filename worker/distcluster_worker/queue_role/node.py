@@ -38,8 +38,9 @@ from distcluster_worker.queue_role.settings import QueueSettings, load_queue_set
 from distcluster_worker.queue_role.store import StreamStorage, StreamStore
 from distcluster_worker.shell.cluster_view import ClusterView
 from distcluster_worker.shell.config import Settings
+from distcluster_worker.shell.discovery import Diff
 from distcluster_worker.shell.errors import ApiError, parse_json
-from distcluster_worker.shell.heartbeats import Heartbeats, loop_ms
+from distcluster_worker.shell.heartbeats import Heartbeat, Heartbeats, loop_ms
 from distcluster_worker.shell.jsonio import json_response
 from distcluster_worker.shell.node import BaseNode
 from distcluster_worker.shell.openapi import Operation
@@ -63,9 +64,6 @@ class QueueNode(BaseNode):
         """``store`` replaces the Redis ``StreamStore`` (tests pass the in-memory twin)."""
         super().__init__(settings, **kwargs)
         self.q = queue_settings if queue_settings is not None else load_queue_settings()
-        # Parsed once: ``Settings.peer_urls`` parses PEERS on every call, and every
-        # forwarded request needs the owner's URL.
-        self.peer_urls = settings.peer_urls
         self.view = ClusterView.for_peers(settings.node_id, self.peer_urls, self.q)
         self._store: StreamStorage | None = store
         self._tasks: list[asyncio.Task[None]] = []
@@ -174,9 +172,12 @@ class QueueNode(BaseNode):
                 },
             )
 
+    def on_peers_changed(self, change: Diff) -> None:
+        self._log_changes(self.view.discovered(change, self._mono_ms()))
+
     async def _heartbeat(self, request: web.Request) -> web.Response:
-        body = await parse_json(request, m.Heartbeat)
-        return json_response(self._heartbeats().receive(body.node_id, body.incarnation))
+        body = await parse_json(request, Heartbeat)
+        return json_response(self._heartbeats().receive(body))
 
     def _heartbeats(self) -> Heartbeats:
         if self._beats is None:
@@ -228,7 +229,7 @@ class QueueNode(BaseNode):
             ),
             Operation("get", "/queue/{topic}/stats", "Topic stats", None, m.TopicStats, errors),
             Operation("get", "/ring", "Ring members, or ?topic= owner", None, m.RingView, {}),
-            Operation("post", "/ring/heartbeat", "Node-to-node heartbeat", m.Heartbeat, None, {}),
+            Operation("post", "/ring/heartbeat", "Node-to-node heartbeat", Heartbeat, None, {}),
         ]
 
     # -- queue endpoints -------------------------------------------------------------

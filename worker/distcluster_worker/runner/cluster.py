@@ -102,11 +102,13 @@ class LocalCluster:
             redis_url = self.redis.url
         self.redis_url = redis_url
         self.extra_env = dict(extra_env or {})
+        self._log_dir = log_dir
+        self._prefix_output = prefix_output
         self.nodes = {
             node_id: NodeProcess(
                 node_id,
                 self.env_for(node_id),
-                log_path=(log_dir / f"{node_id}.log") if log_dir is not None else None,
+                log_path=self._log_path(node_id),
                 prefix_output=prefix_output,
             )
             for node_id in self.ports
@@ -126,6 +128,53 @@ class LocalCluster:
             cluster_name=self.cluster_name,
             extra=self.extra_env,
         )
+
+    def add_node(
+        self,
+        node_id: str,
+        port: int,
+        *,
+        extra_env: Mapping[str, str] | None = None,
+        wait_healthy_s: float = 30,
+    ) -> NodeProcess:
+        """Start one more node while the cluster runs (scaling up).
+
+        Its PEERS are the nodes already there, at their own ports (never through the
+        ``peer_address`` mapping, which only knows the first nodes); theirs do not change:
+        they learn the new node through discovery (``DISCOVERY=redis``, the default).
+        Waits until healthy.
+        """
+        if node_id in self.nodes:
+            raise ValueError(f"{node_id} is already a node of this cluster")
+        peers = {dst: self._direct_address(node_id, dst) for dst in self.ports}
+        self.ports[node_id] = port
+        self.urls[node_id] = f"http://127.0.0.1:{port}"
+        env = node_env(
+            role=self.role,
+            node_id=node_id,
+            port=port,
+            peers=peers,
+            redis_url=self.redis_url,
+            cluster_name=self.cluster_name,
+            extra={**self.extra_env, **(extra_env or {})},
+        )
+        proc = self.nodes[node_id] = NodeProcess(
+            node_id,
+            env,
+            log_path=self._log_path(node_id),
+            prefix_output=self._prefix_output,
+        )
+        proc.start()
+        proc.wait_healthy(self.urls[node_id], wait_healthy_s)
+        return proc
+
+    def remove_node(self, node_id: str) -> None:
+        """Stop one node gracefully and forget it (scaling down)."""
+        self.nodes.pop(node_id).stop()
+        del self.ports[node_id], self.urls[node_id]
+
+    def _log_path(self, node_id: str) -> Path | None:
+        return (self._log_dir / f"{node_id}.log") if self._log_dir is not None else None
 
     def taken_ports(self) -> list[int]:
         """The node ports on which something already listens."""

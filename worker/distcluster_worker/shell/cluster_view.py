@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from distcluster_worker.membership import Changes, Membership
 from distcluster_worker.ring import HashRing
+from distcluster_worker.shell.discovery import Diff
 
 
 class MembershipSettings(Protocol):
@@ -64,6 +65,21 @@ class ClusterView:
 
     def unreachable(self, member: str, now_ms: int) -> Changes:
         return self._apply(self.membership.report_unreachable(member, now_ms))
+
+    def add(self, member: str, now_ms: int) -> Changes:
+        """A member learned at run time (discovery); it joins when first heard."""
+        return self._apply(self.membership.add(member, now_ms))
+
+    def forget(self, member: str, now_ms: int) -> Changes:
+        """A member that left the cluster for good (gone from discovery)."""
+        return self._apply(self.membership.forget(member, now_ms))
+
+    def discovered(self, change: Diff, now_ms: int) -> Changes:
+        """Apply what discovery found: new members tracked, departed ones forgotten."""
+        for member in change.added:
+            self.add(member, now_ms)
+        left = [self.forget(member, now_ms).left for member in change.gone]
+        return Changes(left=tuple(sorted(m for names in left for m in names)))
 
     def tick(self, now_ms: int) -> Changes:
         return self._apply(self.membership.tick(now_ms))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
@@ -34,6 +35,7 @@ KEY_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9_.\-]+$|^\[[0-9A-Fa-f:.]+\]$")
 
 _POSITIVE = "a positive integer"
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
 
 # One sentence per field: "NAME: must be <rule>, got '<value>'".
 _RULES: dict[str, str] = {
@@ -58,6 +60,10 @@ _RULES: dict[str, str] = {
     "lock_default_ttl_ms": _POSITIVE,
     "lock_max_ttl_ms": _POSITIVE,
     "lock_max_wait_ms": _POSITIVE,
+    "discovery": "one of redis, static",
+    "advertise_url": "an http://host:port URL",
+    "discovery_interval_ms": "an integer of at least 50",
+    "discovery_ttl_ms": _POSITIVE,
 }
 
 
@@ -68,6 +74,17 @@ class ConfigError(Exception):
         super().__init__(message)
         self.message = message
         self.problems = problems if problems is not None else [message]
+
+
+def host_node_id() -> str:
+    """The default ``NODE_ID``: this machine's host name, made a valid id.
+
+    In a container that is the container's host name (its short id under docker
+    compose, the pod name in Kubernetes), so the replicas of one scalable service get
+    distinct ids with no per-replica setting.
+    """
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:63]
+    return name or "node"
 
 
 def parse_peers(raw: str) -> dict[str, str]:
@@ -106,7 +123,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
 
-    node_id: str = Field(default="node1", pattern=NODE_ID_RE.pattern)
+    node_id: str = Field(default_factory=lambda: host_node_id(), pattern=NODE_ID_RE.pattern)
     node_type: Literal["lock_manager", "queue", "cache"] = "lock_manager"
     host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=8001, ge=1, le=65535)
@@ -127,6 +144,10 @@ class Settings(BaseSettings):
     lock_default_ttl_ms: int = Field(default=30000, gt=0)
     lock_max_ttl_ms: int = Field(default=3_600_000, gt=0)
     lock_max_wait_ms: int = Field(default=300_000, gt=0)
+    discovery: Literal["redis", "static"] = "redis"
+    advertise_url: str = ""
+    discovery_interval_ms: int = Field(default=1000, ge=50)
+    discovery_ttl_ms: int = Field(default=10_000, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -139,9 +160,29 @@ class Settings(BaseSettings):
         parse_peers(value)
         return value
 
+    @field_validator("discovery", mode="before")
+    @classmethod
+    def _lower_discovery(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("advertise_url")
+    @classmethod
+    def _check_advertise_url(cls, value: str) -> str:
+        if value:
+            try:
+                _peer_url(value, value)
+            except ValueError:
+                raise ValueError(f"must be {_RULES['advertise_url']}, got {value!r}") from None
+        return value
+
     @model_validator(mode="after")
     def _check_relations(self) -> Settings:
         problems = []
+        if self.discovery_ttl_ms < 3 * self.discovery_interval_ms:
+            problems.append(
+                f"DISCOVERY_TTL_MS: must be at least 3 x DISCOVERY_INTERVAL_MS "
+                f"({3 * self.discovery_interval_ms}), got {self.discovery_ttl_ms}"
+            )
         if self.raft_heartbeat_ticks >= self.raft_election_ticks:
             problems.append(
                 f"RAFT_HEARTBEAT_TICKS: must be smaller than RAFT_ELECTION_TICKS "
@@ -165,6 +206,16 @@ class Settings(BaseSettings):
     def base_url(self) -> str:
         """This node's own URL as peers would see it when bound to ``host``."""
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def advertised_url(self) -> str:
+        """The URL this node announces to peers (discovery): ``ADVERTISE_URL`` if set,
+        else ``http://HOST:PORT``, with the machine's host name for a wildcard ``HOST``
+        (in a container that name is what the other containers resolve)."""
+        if self.advertise_url:
+            return _peer_url(self.advertise_url, self.advertise_url)
+        host = socket.gethostname() if self.host in _WILDCARD_HOSTS else self.host
+        return f"http://{host}:{self.port}"
 
     def redis_key(self, *parts: str) -> str:
         """A Redis key in this cluster's namespace: ``{prefix}:{cluster}:{parts...}``."""

@@ -5,19 +5,35 @@ that answers with its own id is heard, one that does not is reported unreachable
 heartbeat received is answered the same way. The incarnation is the node's start time
 (epoch ms), so a restarted peer is told apart from a late message of its past life.
 Times given to the detector come from the event loop's monotonic clock.
+
+With discovery on, a heartbeat also carries the sender's URL: a node that just joined
+introduces itself with its first beat, so the receiver adds it at once (``learn``) instead
+of answering 403 until its next registry read. Without discovery a stranger is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, StrictStr
 
 from distcluster_worker.membership import Changes
 from distcluster_worker.shell.cluster_view import ClusterView
 from distcluster_worker.shell.errors import ApiError
 from distcluster_worker.shell.node import BaseNode
 from distcluster_worker.shell.rpc import RpcClient, RpcError
+
+
+class Heartbeat(BaseModel):
+    """The body of a heartbeat (and of its answer)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    node_id: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$")]
+    incarnation: NonNegativeInt
+    url: Annotated[StrictStr, Field(pattern=r"^https?://[^/?#\s]{1,253}$")] | None = None
 
 
 def loop_ms() -> int:
@@ -39,9 +55,13 @@ class Heartbeats:
         interval_ms: int,
         incarnation: int,
         on_changes: Callable[[Changes], None],
+        url: str | None = None,
+        learn: Callable[[str, str], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.incarnation = incarnation
+        self._url = url
+        self._learn = learn
         self._peer_urls = peer_urls
         self._rpc = rpc
         self._view = view
@@ -60,16 +80,20 @@ class Heartbeats:
         incarnation: int,
         on_changes: Callable[[Changes], None],
     ) -> Heartbeats:
-        """Heartbeats to the node's configured peers over its RPC client."""
+        """Heartbeats to the node's peers (``node.peer_urls``) over its RPC client; with
+        discovery on, they carry the node's URL and strangers who send theirs are added."""
+        discovering = node.settings.discovery == "redis"
         return cls(
             node_id=node.settings.node_id,
-            peer_urls=node.settings.peer_urls,
+            peer_urls=node.peer_urls,
             rpc=lambda: node.rpc,
             view=view,
             path=path,
             interval_ms=interval_ms,
             incarnation=incarnation,
             on_changes=on_changes,
+            url=node.settings.advertised_url if discovering else None,
+            learn=node.learn_peer if discovering else None,
         )
 
     async def run(self, each_round: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -77,14 +101,14 @@ class Heartbeats:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
-            beats = [self.beat(peer, url) for peer, url in self._peer_urls.items()]
+            beats = [self.beat(peer, url) for peer, url in list(self._peer_urls.items())]
             extra = [each_round()] if each_round is not None else []
             await asyncio.gather(*extra, *beats)
             elapsed_s = loop.time() - started
             await asyncio.sleep(max(0.0, self._interval_ms / 1000 - elapsed_s))
 
     async def beat(self, peer: str, url: str) -> None:
-        body = {"node_id": self.node_id, "incarnation": self.incarnation}
+        body = self._own_body()
         try:
             status, reply = await self._rpc().post_json(
                 url, self._path, body, timeout_ms=self._interval_ms, retries=0
@@ -98,9 +122,18 @@ class Heartbeats:
         else:
             self._on_changes(self._view.unreachable(peer, loop_ms()))
 
-    def receive(self, sender: str, incarnation: int | None) -> dict[str, Any]:
-        """Account a heartbeat from `sender`; the answer to send back (403 for strangers)."""
+    def receive(self, beat: Heartbeat) -> dict[str, Any]:
+        """Account a heartbeat; the answer to send back (403 for strangers)."""
+        sender = beat.node_id
+        if sender not in self._peer_urls and self._learn is not None and beat.url is not None:
+            self._learn(sender, beat.url)
         if sender not in self._peer_urls:
-            raise ApiError(403, "forbidden", f"{sender!r} is not a configured peer")
-        self._on_changes(self._view.heard(sender, loop_ms(), incarnation))
-        return {"node_id": self.node_id, "incarnation": self.incarnation}
+            raise ApiError(403, "forbidden", f"{sender!r} is not a known peer")
+        self._on_changes(self._view.heard(sender, loop_ms(), beat.incarnation))
+        return self._own_body()
+
+    def _own_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"node_id": self.node_id, "incarnation": self.incarnation}
+        if self._url is not None:
+            body["url"] = self._url
+        return body

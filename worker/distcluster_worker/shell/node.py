@@ -22,6 +22,7 @@ Time: roles read the wall clock only through ``now_ms()``, backed by an injected
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -35,6 +36,7 @@ from pydantic import BaseModel
 
 from distcluster_worker import __version__
 from distcluster_worker.shell.config import Settings
+from distcluster_worker.shell.discovery import Diff, Discovery, Entry, Registry
 from distcluster_worker.shell.errors import MAX_BODY_KEY, error_middleware, error_response
 from distcluster_worker.shell.logs import NodeLogger, get_logger
 from distcluster_worker.shell.metrics import NodeMetrics, metrics_middleware, metrics_response
@@ -99,6 +101,12 @@ class BaseNode:
         self._stopping = False
         self._role_started = False
         self._stop_requested: asyncio.Event | None = None
+        # Every other node this one can reach, ``id -> URL``: PEERS, parsed once, plus
+        # what discovery learns at run time. One dict, updated in place, so the role's
+        # heartbeats, links and forwarding all see a new peer at once.
+        self.peer_urls: dict[str, str] = settings.peer_urls
+        self.discovery: Discovery | None = None
+        self._discovery_task: asyncio.Task[None] | None = None
 
     # --- time -------------------------------------------------------------------------
 
@@ -147,6 +155,14 @@ class BaseNode:
     def readiness(self) -> tuple[bool, str]:
         """Whether the role can serve client requests, and why not."""
         return True, "ok"
+
+    def learn_peer(self, node_id: str, url: str) -> None:
+        """A peer introduced itself (discovery on): add it as if the registry named it."""
+        if self.discovery is not None:
+            self.discovery.learn(node_id, url)
+
+    def on_peers_changed(self, change: Diff) -> None:
+        """Discovery added or dropped peers (``peer_urls`` is already updated)."""
 
     def role_state(self) -> dict[str, Any]:
         """The role's view of the cluster, shown by ``GET /cluster``."""
@@ -204,7 +220,7 @@ class BaseNode:
         body = {
             "node_id": self.settings.node_id,
             "role": self.role,
-            "peers": self.settings.peer_urls,
+            "peers": self.peer_urls,
             "state": self.role_state(),
         }
         return web.json_response(body, dumps=_dumps)
@@ -228,6 +244,7 @@ class BaseNode:
         if self._rpc is None:
             self._rpc = RpcClient(self.settings.rpc_timeout_ms, self.settings.rpc_retries)
         await self._rpc.start()
+        await self._start_discovery()
         await self.on_start()
         self._role_started = True
         runner = web.AppRunner(
@@ -251,6 +268,7 @@ class BaseNode:
         self._stopping = True
         self.log.info("node stopping", extra={"grace_ms": self.settings.shutdown_grace_ms})
         try:
+            await self._stop_discovery()
             if self._runner is not None:
                 await self._runner.cleanup()
                 self._runner = None
@@ -260,6 +278,41 @@ class BaseNode:
         finally:
             await self._close_clients()
         self.log.info("node stopped")
+
+    async def _start_discovery(self) -> None:
+        """Announce this node (one round now: peers can find it before it beats them)."""
+        s = self.settings
+        if s.discovery != "redis":
+            return
+        me = Entry(s.node_id, self.role, s.advertised_url, self.now_ms())
+        registry = Registry(self.redis, s.redis_key("nodes"), me, s.discovery_ttl_ms)
+        self.discovery = Discovery(
+            registry,
+            self_id=s.node_id,
+            role=self.role,
+            static=s.peer_urls,
+            peers=self.peer_urls,
+            interval_ms=s.discovery_interval_ms,
+            ttl_ms=s.discovery_ttl_ms,
+            on_change=self.on_peers_changed,
+            log=self.log,
+        )
+        await self.discovery.round()
+        self._discovery_task = asyncio.create_task(self.discovery.run(), name="discovery")
+
+    async def _stop_discovery(self) -> None:
+        """Leave the registry first, so that peers stop counting on this node."""
+        task, self._discovery_task = self._discovery_task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if self.discovery is not None:
+            try:
+                await self.discovery.withdraw()
+            except (OSError, TimeoutError, aioredis.RedisError) as exc:
+                self.log.warning("leaving the registry failed", extra={"error": repr(exc)})
 
     async def _close_clients(self) -> None:
         if self._rpc is not None:
