@@ -30,7 +30,13 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PublishRequest(_Body):
+class TopicBody(_Body):
+    """A request about one topic (what the ring routes on)."""
+
+    topic: Name
+
+
+class PublishRequest(TopicBody):
     topic: Name
     message: Body | None = Field(default=None, description="one message")
     messages: list[Body] | None = Field(default=None, description="a batch, in order")
@@ -52,7 +58,7 @@ class PublishRequest(_Body):
         return [self.message]
 
 
-class ConsumeRequest(_Body):
+class ConsumeRequest(TopicBody):
     topic: Name
     group: Name
     consumer: Name
@@ -61,7 +67,7 @@ class ConsumeRequest(_Body):
     block_ms: NonNegativeInt = Field(default=0, description="wait for new messages")
 
 
-class AckRequest(_Body):
+class AckRequest(TopicBody):
     topic: Name
     group: Name
     ids: Annotated[list[EntryId], Field(min_length=1)]

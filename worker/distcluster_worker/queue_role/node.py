@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
+import orjson
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
-from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from distcluster_worker.membership import Changes, MemberState
@@ -39,14 +40,22 @@ from distcluster_worker.queue_role.store import StreamStorage, StreamStore
 from distcluster_worker.shell.cluster_view import ClusterView
 from distcluster_worker.shell.config import Settings
 from distcluster_worker.shell.discovery import Diff
-from distcluster_worker.shell.errors import ApiError, parse_json
+from distcluster_worker.shell.errors import (
+    ApiError,
+    error_body,
+    parse_body,
+    parse_json,
+    read_body,
+)
 from distcluster_worker.shell.heartbeats import Heartbeat, Heartbeats, loop_ms
 from distcluster_worker.shell.jsonio import json_response
 from distcluster_worker.shell.node import BaseNode
 from distcluster_worker.shell.openapi import Operation
+from distcluster_worker.shell.peer_calls import PEER_CALLS_PATH, PeerCalls, PeerCallServer
 from distcluster_worker.shell.rpc import RpcError
 
 T = TypeVar("T")
+B = TypeVar("B", bound=m.TopicBody)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -70,6 +79,10 @@ class QueueNode(BaseNode):
         self._redis_ok = False
         self._beats: Heartbeats | None = None
         self._last_trim: dict[str, float] = {}
+        self._ops = self._operations()
+        # Forwarded requests travel on one WebSocket per owner (see shell/peer_calls.py).
+        self.calls = PeerCalls(connect_timeout_s=settings.rpc_timeout_ms / 1000)
+        self.call_server = PeerCallServer(self._dispatch, heartbeat_s=self.q.dead_after_ms / 1000)
         self._init_metrics()
 
     def _init_metrics(self) -> None:
@@ -125,8 +138,17 @@ class QueueNode(BaseNode):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.calls.close()
         if self._store is not None:
             await self._store.close()
+
+    def build_app(self) -> web.Application:
+        app = super().build_app()
+        app.on_shutdown.append(self._close_peer_calls)
+        return app
+
+    async def _close_peer_calls(self, app: web.Application) -> None:
+        await self.call_server.close(grace_s=self.settings.shutdown_grace_ms / 1000)
 
     def readiness(self) -> tuple[bool, str]:
         if not self._redis_ok:
@@ -195,6 +217,7 @@ class QueueNode(BaseNode):
             web.get("/queue/{topic}/stats", self._stats),
             web.get("/ring", self._ring),
             web.post("/ring/heartbeat", self._heartbeat),
+            web.get(PEER_CALLS_PATH, self.call_server.serve),
         ]
 
     def operations(self) -> list[Operation]:
@@ -235,32 +258,76 @@ class QueueNode(BaseNode):
     # -- queue endpoints -------------------------------------------------------------
 
     async def _publish(self, request: web.Request) -> web.Response:
-        body = await parse_json(request, m.PublishRequest)
+        return await self._route(request, self._ops["/queue/publish"])
+
+    async def _consume(self, request: web.Request) -> web.Response:
+        return await self._route(request, self._ops["/queue/consume"])
+
+    async def _ack(self, request: web.Request) -> web.Response:
+        return await self._route(request, self._ops["/queue/ack"])
+
+    async def _nack(self, request: web.Request) -> web.Response:
+        return await self._route(request, self._ops["/queue/nack"])
+
+    def _operations(self) -> dict[str, _Op[Any]]:
+        """The topic operations: served by the topic's owner, forwarded by the others."""
+        rpc_ms = self.settings.rpc_timeout_ms
+        ops: list[_Op[Any]] = [
+            _Op("/queue/publish", m.PublishRequest, self._serve_publish, lambda b: rpc_ms),
+            _Op(
+                "/queue/consume",
+                m.ConsumeRequest,
+                self._serve_consume,
+                lambda b: rpc_ms + b.block_ms,
+            ),
+            _Op("/queue/ack", m.AckRequest, self._serve_ack, lambda b: rpc_ms),
+            _Op("/queue/nack", m.AckRequest, self._serve_nack, lambda b: rpc_ms),
+        ]
+        return {op.path: op for op in ops}
+
+    async def _route(self, request: web.Request, op: _Op[Any]) -> web.Response:
+        """Validate; forward to the topic's owner, or serve here (owner, or no answer)."""
+        raw = await read_body(request)
+        body = parse_body(raw, op.model)
+        owner = self.view.owner(body.topic)
+        if not request.query.get("hops"):
+            forwarded = await self._forward(owner, op.path, raw, op.timeout_ms(body))
+            if forwarded is not None:
+                status, answer = forwarded
+                return web.Response(body=answer, status=status, content_type="application/json")
+        return json_response(await op.serve(body, owner))
+
+    async def _dispatch(self, path: str, raw: bytes) -> tuple[int, bytes]:
+        """Serve a call forwarded over a peer-calls socket (never forwarded again)."""
+        op = self._ops.get(path)
+        try:
+            if op is None:
+                raise ApiError(404, "not_found", f"no peer operation {path}")
+            body = parse_body(raw, op.model)
+            answer = await op.serve(body, self.view.owner(body.topic))
+            return 200, orjson.dumps(answer, default=str)
+        except ApiError as exc:
+            return exc.status, orjson.dumps(error_body(exc.code, exc.message, **exc.extra))
+        except Exception:  # noqa: BLE001 - a forwarded call must never kill the socket
+            self.log.exception("forwarded call failed", extra={"path": path})
+            return 500, orjson.dumps(error_body("internal", "internal error; see the log"))
+
+    async def _serve_publish(self, body: m.PublishRequest, owner: str) -> dict[str, Any]:
         bodies = body.bodies()
         _check_max("messages", len(bodies), self.q.max_batch)
-        owner = self.view.owner(body.topic)
-        forwarded = await self._forward(request, owner, body, self.settings.rpc_timeout_ms)
-        if forwarded is not None:
-            return forwarded
         loop = asyncio.get_running_loop()
         started = loop.time()
         ids, duplicate = await _redis(self.store.publish(body.topic, bodies, body.idempotency_key))
         self.m_publish_s.observe(loop.time() - started)
         if not duplicate:
             self.m_published.inc(len(ids))
-        return json_response({"ids": ids, "owner": owner, "duplicate": duplicate})
+        return {"ids": ids, "owner": owner, "duplicate": duplicate}
 
-    async def _consume(self, request: web.Request) -> web.Response:
-        body = await parse_json(request, m.ConsumeRequest)
+    async def _serve_consume(self, body: m.ConsumeRequest, owner: str) -> dict[str, Any]:
         _check_max("max", body.max, self.q.max_batch)
         _check_max("block_ms", body.block_ms, self.q.max_block_ms)
         visibility_ms = body.visibility_ms or self.q.visibility_ms
         _check_max("visibility_ms", visibility_ms, self.q.max_visibility_ms)
-        owner = self.view.owner(body.topic)
-        timeout_ms = self.settings.rpc_timeout_ms + body.block_ms
-        forwarded = await self._forward(request, owner, body, timeout_ms)
-        if forwarded is not None:
-            return forwarded
         result = await _redis(
             self.store.consume(
                 body.topic, body.group, body.consumer, body.max, visibility_ms, body.block_ms
@@ -271,33 +338,19 @@ class QueueNode(BaseNode):
         messages = [
             {"id": d.id, "body": d.body, "deliveries": d.deliveries} for d in result.messages
         ]
-        return json_response({"messages": messages, "owner": owner})
+        return {"messages": messages, "owner": owner}
 
-    async def _ack(self, request: web.Request) -> web.Response:
-        body, owner, forwarded = await self._ids_request(request)
-        if forwarded is not None:
-            return forwarded
+    async def _serve_ack(self, body: m.AckRequest, owner: str) -> dict[str, Any]:
+        _check_max("ids", len(body.ids), self.q.max_batch)
         acked, not_found = await _redis(self.store.ack(body.topic, body.group, body.ids))
         self.m_acked.inc(acked)
         await self._maybe_trim(body.topic)
-        return json_response({"acked": acked, "not_found": not_found, "owner": owner})
+        return {"acked": acked, "not_found": not_found, "owner": owner}
 
-    async def _nack(self, request: web.Request) -> web.Response:
-        body, owner, forwarded = await self._ids_request(request)
-        if forwarded is not None:
-            return forwarded
-        nacked, not_found = await _redis(self.store.nack(body.topic, body.group, body.ids))
-        return json_response({"nacked": nacked, "not_found": not_found, "owner": owner})
-
-    async def _ids_request(
-        self, request: web.Request
-    ) -> tuple[m.AckRequest, str, web.Response | None]:
-        """Parse an ack/nack body; the owner's answer when it had to be forwarded."""
-        body = await parse_json(request, m.AckRequest)
+    async def _serve_nack(self, body: m.AckRequest, owner: str) -> dict[str, Any]:
         _check_max("ids", len(body.ids), self.q.max_batch)
-        owner = self.view.owner(body.topic)
-        forwarded = await self._forward(request, owner, body, self.settings.rpc_timeout_ms)
-        return body, owner, forwarded
+        nacked, not_found = await _redis(self.store.nack(body.topic, body.group, body.ids))
+        return {"nacked": nacked, "not_found": not_found, "owner": owner}
 
     async def _stats(self, request: web.Request) -> web.Response:
         topic = _path_topic(request.match_info["topic"])
@@ -315,35 +368,30 @@ class QueueNode(BaseNode):
     # -- helpers ---------------------------------------------------------------------
 
     async def _forward(
-        self, request: web.Request, owner: str, body: BaseModel, timeout_ms: int
-    ) -> web.Response | None:
-        """The owner's answer, or None when this node must serve the request itself.
+        self, owner: str, path: str, raw: bytes, timeout_ms: int
+    ) -> tuple[int, bytes] | None:
+        """The owner's (status, body), or None when this node must serve the request.
 
-        The body is serialised again only when it is sent: most requests (and all at the
-        owner) are served here, and a batch is costly to dump for nothing.
+        The request's bytes go as they came (the owner validates them again) on this
+        node's peer-calls socket to the owner, and the answer's bytes come back as they
+        are: nothing is encoded or decoded twice on the way.
         """
         url = self.peer_urls.get(owner)
-        if owner == self.settings.node_id or url is None or request.query.get("hops"):
+        if owner == self.settings.node_id or url is None:
             return None
         if self.view.membership.state(owner) is MemberState.SUSPECT:
             # A suspect just failed to answer: do not make every client wait for it again.
             self.m_forwarded.labels("skipped_suspect").inc()
             return None
-        path = f"{request.path}?hops=1"
-        payload = body.model_dump(exclude_none=True)
         try:
-            status, reply = await self.rpc.post_json(
-                url, path, payload, timeout_ms=timeout_ms, retries=0
-            )
+            answer = await self.calls.call(url, path, raw, timeout_s=timeout_ms / 1000)
         except RpcError as exc:
-            reply, status = None, 0
             self.log.warning("owner unreachable", extra={"owner": owner, "error": str(exc)})
-        if reply is None:
             self.m_forwarded.labels("unreachable").inc()
             self._log_changes(self.view.unreachable(owner, self._mono_ms()))
             return None
         self.m_forwarded.labels("ok").inc()
-        return json_response(reply, status=status)
+        return answer
 
     async def _maybe_trim(self, topic: str) -> None:
         """Apply retention at most every QUEUE_TRIM_INTERVAL_MS per topic (after acks)."""
@@ -356,6 +404,16 @@ class QueueNode(BaseNode):
         except (RedisError, OSError, TimeoutError) as exc:
             # The ack succeeded; retention can wait for the next one.
             self.log.warning("trim failed", extra={"topic": topic, "error": str(exc)})
+
+
+@dataclass(frozen=True, slots=True)
+class _Op(Generic[B]):
+    """A topic operation: its path, body model, owner-side handler and forward timeout."""
+
+    path: str
+    model: type[B]
+    serve: Callable[[B, str], Awaitable[dict[str, Any]]]
+    timeout_ms: Callable[[B], int]
 
 
 async def _redis(call: Awaitable[T]) -> T:

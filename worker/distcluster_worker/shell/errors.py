@@ -142,7 +142,11 @@ async def parse_json(request: web.Request, model: type[M]) -> M:
     400 ``bad_json`` when the body is not a JSON object, 400 ``bad_request`` with
     ``details: [{field, message}]`` when it does not fit the model, 413 ``too_large``.
     """
-    body = await read_body(request)
+    return parse_body(await read_body(request), model)
+
+
+def parse_body(body: bytes, model: type[M]) -> M:
+    """Decode and validate a JSON object body already read (see ``parse_json``)."""
     try:
         # orjson refuses NaN/Infinity, invalid UTF-8 and nesting past 1024 levels.
         value = jsonio.loads(body)
