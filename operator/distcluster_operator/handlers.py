@@ -20,6 +20,12 @@ Event per distinct message; a 409 (another change running) is only Progressing
 (`MembershipChangeInProgress`). Queue and cache need none of this: their rings follow the
 nodes' heartbeats.
 
+A resize, of any role, changes the StatefulSet's `spec.replicas` and nothing else: the pod
+template does not depend on the size (see `builders`), and `Kube.apply` patches only the
+fields that moved. The template's one size-like input, the bootstrap size, is read back
+from the StatefulSet on every pass (`bootstrap_replicas`), so it stays what it was at
+creation across resizes and operator restarts.
+
 Invariants:
 * Nothing is built from a spec that cannot be applied: `parse_spec` refuses it, or its role
   differs from the role the children were built with. Then the status says Degraded, one
@@ -59,6 +65,7 @@ from distcluster_operator.builders import (
     COMPONENT_LABEL,
     DEFAULT_CLUSTER_DOMAIN,
     WORKER_PORT,
+    bootstrap_replicas,
     desired_objects,
     object_names,
     selector_string,
@@ -407,7 +414,8 @@ async def _reconcile(
     step, membership = await _plan_size(deps, name, namespace, spec, statefulset)
     replicas = spec.replicas if step is None else step.replicas
     sized = spec.model_copy(update={"replicas": replicas})
-    objects = desired_objects(name, namespace, sized, deps.cluster_domain)
+    bootstrap = bootstrap_replicas(statefulset, replicas)
+    objects = desired_objects(name, namespace, sized, deps.cluster_domain, bootstrap)
     kopf.adopt(objects, owner=body)
     stale = stale_children(name, objects)
     changes = await asyncio.to_thread(
