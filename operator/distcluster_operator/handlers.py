@@ -9,7 +9,7 @@ builds anything the handlers would not.
 
 A lock_manager's size is not simply `spec.replicas`: its pods must join the Raft
 configuration after they start and leave it before they go. Each pass asks the pure planner
-(`membership_plan.plan`) for one step from what it observes (the StatefulSet, the ready
+(`membership_plan.plan`) for one step from what it observes (the StatefulSet, the started
 pods, the configuration from `GET /raft/members`), builds the StatefulSet with the size the
 planner holds (not `spec.replicas`: a scale-down keeps every pod until its removal is
 committed) and makes at most one membership call (`POST` or `DELETE /raft/members`): the
@@ -313,19 +313,52 @@ def stale_children(name: str, desired: Sequence[Mapping[str, Any]]) -> list[Chil
     return [child for child in all_children(name) if child not in wanted]
 
 
-def ready_members(pods: Sequence[Mapping[str, Any]], name: str) -> list[str]:
-    """Names (= node ids) of the DistCluster's worker pods whose Ready condition is True.
-    The labels are checked here too, not only by the API's selector."""
+def _worker_pods(pods: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
+    """The DistCluster's worker pods; the labels are checked here too, not only by the
+    API's selector."""
     selector = worker_selector(name)
-    members = []
-    for pod in pods:
-        labels = pod.get("metadata", {}).get("labels") or {}
-        if any(labels.get(key) != value for key, value in selector.items()):
-            continue
-        conditions = pod.get("status", {}).get("conditions") or []
-        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-            members.append(str(pod["metadata"]["name"]))
-    return sorted(members)
+    return [
+        pod
+        for pod in pods
+        if all(
+            (pod.get("metadata", {}).get("labels") or {}).get(key) == value
+            for key, value in selector.items()
+        )
+    ]
+
+
+def _is_ready(pod: Mapping[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _has_started(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status", {})
+    containers = status.get("containerStatuses") or []
+    return (
+        status.get("phase") == "Running"
+        and bool(containers)
+        and all(c.get("started") is True for c in containers)
+    )
+
+
+def ready_members(pods: Sequence[Mapping[str, Any]], name: str) -> list[str]:
+    """Names (= node ids) of the DistCluster's worker pods whose Ready condition is True."""
+    return sorted(
+        str(pod["metadata"]["name"]) for pod in _worker_pods(pods, name) if _is_ready(pod)
+    )
+
+
+def started_members(pods: Sequence[Mapping[str, Any]], name: str) -> list[str]:
+    """Names of the worker pods that can be added to the Raft configuration: Ready, or
+    running with every container started. A lock node waiting to join is never Ready (its
+    readiness needs a leader, which it hears from only once it is a member), so waiting
+    for Ready alone would wait for ever."""
+    return sorted(
+        str(pod["metadata"]["name"])
+        for pod in _worker_pods(pods, name)
+        if _is_ready(pod) or _has_started(pod)
+    )
 
 
 def status_changed(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
@@ -442,7 +475,7 @@ async def _plan_size(
     pods = await asyncio.to_thread(deps.kube.list, "v1", "Pod", namespace, selector_string(name))
     membership = parse_membership(await deps.membership.members(raft_members_url(name, namespace)))
     current = statefulset_replicas(statefulset)
-    return plan(name, spec.replicas, current, ready_members(pods, name), membership), membership
+    return plan(name, spec.replicas, current, started_members(pods, name), membership), membership
 
 
 async def _change_membership(

@@ -276,8 +276,12 @@ class Harness:
             if request.name == name and isinstance(request.data, list)
         ]
 
-    def fake_pod(self, name: str, ordinal: int, *, ready: bool) -> None:
-        """A worker pod as the StatefulSet controller and the kubelet would leave it."""
+    def fake_pod(
+        self, name: str, ordinal: int, *, ready: bool, started: bool | None = None
+    ) -> None:
+        """A worker pod as the StatefulSet controller and the kubelet would leave it:
+        running with its container started (unless `started` is False; by default, when it
+        is ready), Ready or not."""
         pod_name = f"{name}-{ordinal}"
         statefulset = self.obj("apps/v1/statefulsets", name)
         if statefulset is None:
@@ -287,7 +291,17 @@ class Harness:
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": pod_name, "namespace": NAMESPACE, "labels": labels},
-            "status": {"conditions": [{"type": "Ready", "status": str(ready)}]},
+            "status": {
+                "phase": "Running" if started or ready else "Pending",
+                "conditions": [{"type": "Ready", "status": str(ready)}],
+                "containerStatuses": [
+                    {
+                        "name": "node",
+                        "ready": ready,
+                        "started": ready if started is None else started,
+                    }
+                ],
+            },
         }
 
     async def _send(self, method: str, path: str, body: Any) -> Any:

@@ -27,6 +27,7 @@ from distcluster_operator.handlers import (
     raft_status_url,
     ready_members,
     stale_children,
+    started_members,
     status_changed,
     validate,
 )
@@ -58,6 +59,20 @@ def test_ready_members_are_the_ready_worker_pods_of_this_cluster_sorted() -> Non
         {"metadata": {"name": "demo-3", "labels": pod("x", "True")["metadata"]["labels"]}},
     ]
     assert ready_members(pods, "demo") == ["demo-0", "demo-2"]
+
+
+def test_started_members_include_running_pods_that_are_not_ready() -> None:
+    joining = pod("demo-3", "False")
+    joining["status"] |= {"phase": "Running", "containerStatuses": [{"started": True}]}
+    starting = pod("demo-4", "False")
+    starting["status"] |= {"phase": "Running", "containerStatuses": [{"started": False}]}
+    pending = pod("demo-5", "False")
+    pending["status"] |= {"phase": "Pending", "containerStatuses": []}
+    other = pod("other-0", "False", instance="other")
+    other["status"] |= joining["status"]
+    pods = [pod("demo-0", "True"), joining, starting, pending, other]
+    assert started_members(pods, "demo") == ["demo-0", "demo-3"]
+    assert ready_members(pods, "demo") == ["demo-0"]
 
 
 def test_status_changed_treats_null_as_absent() -> None:

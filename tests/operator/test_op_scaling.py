@@ -164,11 +164,14 @@ async def test_scale_up_grows_the_statefulset_then_adds_each_ready_pod_in_order(
     await eventually(lambda: op.condition(NAME, "Progressing")["reason"] == "WaitingForPod")
     assert "locks-3" in op.condition(NAME, "Progressing")["message"]
 
-    op.fake_pod(NAME, 4, ready=True)  # out of order: locks-3 is still not ready
+    op.fake_pod(NAME, 3, ready=False, started=False)  # scheduled, its container not started
+    op.fake_pod(NAME, 4, ready=False, started=True)  # out of order: locks-3 is not started
     await ticks(op, 3)
     assert op.membership.calls == []
 
-    op.fake_pod(NAME, 3, ready=True)
+    # A node waiting to join is never Ready (it knows no leader before it is added): a
+    # started container is enough.
+    op.fake_pod(NAME, 3, ready=False, started=True)
     await eventually(lambda: len(op.membership.calls) == 2)
     assert op.membership.calls == [("POST", "locks-3", 5), ("POST", "locks-4", 5)]
     assert set(op.membership.urls) == {"http://locks.default.svc:8000/raft/members"}
