@@ -55,11 +55,13 @@ back one at a time with `POST /raft/members`: the leader takes each as a learner
 its log by the usual consistency check (truncating what it had that was never committed)
 and promotes it once caught up. A cluster created at 3 and grown to 5 has `-3` and `-4`
 outside the bootstrap set: with empty storage they start in join mode and wait for that
-POST. The one case the fixed set cannot cover is an ex-member of the bootstrap set whose
-Raft keys were lost while the cluster lives on: it bootstraps an empty log at term 0; the
-members refuse its PreVotes (behind their log) unless a majority of the bootstrap set is in
-the same state, which only losing the cluster's Redis data produces (and that loses the
-cluster whatever the template says).
+POST. What the fixed set cannot cover is an ex-member of the bootstrap set whose Raft keys
+were lost while the cluster lives on: it bootstraps an empty log at term 0. Alone it is
+harmless (the members refuse its PreVotes: its log is behind theirs, and the planner's
+POST then gives it the leader's log), but a majority of the bootstrap set in that state
+(created at 5, shrunk to 1, the keys of four ex-members deleted) could elect a leader of
+its own. Nothing in DistCluster deletes a node's Raft keys, so that takes losing or
+editing the Redis data by hand, which breaks a Raft cluster whatever the template says.
 
 No kopf, no Kubernetes client, no I/O and no clock (enforced by an import-linter contract).
 """
