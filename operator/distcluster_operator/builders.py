@@ -16,10 +16,52 @@ Invariants the handlers and tests rely on:
   `distcluster.io/workload` (`node` or `redis`), never the role, so the worker selector
   (`selector_string`, the scale subresource's `status.selector`) needs only the name and
   never matches the Redis pod.
-* A worker's `NODE_ID` is its pod name and `PEERS` lists every pod by its stable DNS name
-  under the headless Service, self included (the worker drops its own id).
+* A worker's `NODE_ID` is its pod name, `ADVERTISE_URL` its stable DNS name under the
+  headless Service (`$(NODE_ID)` expanded by the kubelet).
+* The pod template does not depend on `spec.replicas`, so a resize changes only the
+  StatefulSet's `spec.replicas` and never restarts a pod (issue 7). Nothing in it lists the
+  pods of the current size: `PEERS` and, for lock_manager, `RAFT_INITIAL_VOTERS` list the
+  bootstrap set, the pods `<name>-0 .. <name>-<b-1>` of the size `b` the cluster was
+  created with, and the workers learn every other node from Redis (`DISCOVERY=redis`: each
+  announces its `ADVERTISE_URL` under the cluster's keys). `RAFT_JOIN=auto` makes a lock
+  node outside the bootstrap set with empty storage wait to be added by
+  `POST /raft/members`. Queue and cache get the same `PEERS` rather than none: a fresh
+  cluster then has the same hash ring on every node from its first second, as before
+  discovery, instead of each node owning every topic or key until its first discovery
+  round; a listed pod that no longer exists is a dead peer, which the failure detector
+  takes off the ring as it would any other.
 * The pod template carries a hash of the role settings, so changing a setting rolls the
   StatefulSet although the ConfigMap itself does not restart pods.
+
+The bootstrap size is recorded once, as the annotation `distcluster.io/bootstrap-replicas`
+of the StatefulSet (`bootstrap_replicas` reads it back on every pass), and never changes
+while the StatefulSet exists: not on a resize, not when the operator restarts (the record
+lives in the cluster, not in the operator). A StatefulSet without the record was built
+before it existed: its current `spec.replicas` is taken and recorded, since every pod it
+has has Raft state already (the template changes once, at that upgrade, to gain the new
+variables). Without a StatefulSet the size it is created with is the bootstrap size.
+
+Why a fixed bootstrap set is safe for lock_manager, for instance created at 5, shrunk to
+3, grown to 5 again. The bootstrap voters (RAFT_INITIAL_VOTERS, `-0 .. -4`) matter only to
+a node whose Raft storage in Redis is empty; a node with state restores its log, whose
+configuration entries (or snapshot) override the bootstrap one. The shrink removes `-4`
+then `-3` by `DELETE /raft/members` before their pods go (`membership_plan`); the worker
+keeps their Raft keys. Grown again, `-3` and `-4` come back as bootstrap voters with their
+old logs: at worst their last configuration still lists them as voters (a removed node
+usually never receives the entry that removed it), so they campaign, but only with PreVote,
+which the members refuse (they hear from their leader, and the returning log is behind
+the committed one), so no term moves and no leader is deposed. The planner then adds them
+back one at a time with `POST /raft/members`: the leader takes each as a learner, repairs
+its log by the usual consistency check (truncating what it had that was never committed)
+and promotes it once caught up. A cluster created at 3 and grown to 5 has `-3` and `-4`
+outside the bootstrap set: with empty storage they start in join mode and wait for that
+POST. What the fixed set cannot cover is an ex-member of the bootstrap set whose Raft keys
+were lost while the cluster lives on: it bootstraps an empty log at term 0. Alone it is
+harmless (the members refuse its PreVotes: its log is behind theirs, and the planner's
+POST then gives it the leader's log), but a majority of the bootstrap set in that state
+(created at 5, shrunk to 1, the keys of four ex-members deleted) could elect a leader of
+its own. Nothing in DistCluster deletes a node's Raft keys, so that takes losing or
+editing the Redis data by hand, which breaks a Raft cluster whatever the template says.
 
 No kopf, no Kubernetes client, no I/O and no clock (enforced by an import-linter contract).
 """
@@ -29,6 +71,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +91,7 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 WORKLOAD_LABEL = "distcluster.io/workload"
 SETTINGS_HASH_ANNOTATION = "distcluster.io/settings-hash"
+BOOTSTRAP_REPLICAS_ANNOTATION = "distcluster.io/bootstrap-replicas"
 APP_NAME = "distcluster"
 MANAGER = "distcluster-operator"
 
@@ -121,14 +165,37 @@ def cluster_name(name: str, namespace: str) -> str:
     return f"{name}-{digest}"
 
 
-def peers(name: str, namespace: str, replicas: int, cluster_domain: str) -> str:
-    """The worker's PEERS: every pod as `<pod>=<pod>.<name>-peers.<ns>.svc.<domain>:8000`."""
+def pod_address(name: str, namespace: str, pod: str, cluster_domain: str) -> str:
+    """`<pod>.<name>-peers.<ns>.svc.<domain>:8000`: a worker's stable DNS name and port."""
     service = object_names(name).peers_service
-    entries = []
-    for ordinal in range(replicas):
-        pod = f"{name}-{ordinal}"
-        entries.append(f"{pod}={pod}.{service}.{namespace}.svc.{cluster_domain}:{WORKER_PORT}")
-    return ",".join(entries)
+    return f"{pod}.{service}.{namespace}.svc.{cluster_domain}:{WORKER_PORT}"
+
+
+def bootstrap_pods(name: str, bootstrap_replicas: int) -> list[str]:
+    """The pods of the bootstrap set, `<name>-0 .. <name>-<b-1>`."""
+    return [f"{name}-{ordinal}" for ordinal in range(bootstrap_replicas)]
+
+
+def peers(name: str, namespace: str, bootstrap_replicas: int, cluster_domain: str) -> str:
+    """The worker's PEERS: each pod of the bootstrap set as `<pod>=<pod_address>`."""
+    return ",".join(
+        f"{pod}={pod_address(name, namespace, pod, cluster_domain)}"
+        for pod in bootstrap_pods(name, bootstrap_replicas)
+    )
+
+
+def bootstrap_replicas(statefulset: Mapping[str, Any] | None, replicas: int) -> int:
+    """The bootstrap size (see the module doc): the StatefulSet's record; else, for a
+    StatefulSet built before the record existed, its current `spec.replicas`; else (none
+    yet) `replicas`, the size it is about to be created with."""
+    if statefulset is None:
+        return replicas
+    metadata = statefulset.get("metadata") or {}
+    recorded = str((metadata.get("annotations") or {}).get(BOOTSTRAP_REPLICAS_ANNOTATION, ""))
+    if recorded.isdigit() and int(recorded) >= 1:
+        return int(recorded)
+    current = (statefulset.get("spec") or {}).get("replicas")
+    return current if isinstance(current, int) and current >= 1 else replicas
 
 
 def settings_hash(spec: ClusterSpec) -> str:
@@ -316,17 +383,33 @@ def _http_service_port() -> Obj:
 
 
 def worker_env(
-    name: str, namespace: str, spec: ClusterSpec, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    name: str,
+    namespace: str,
+    spec: ClusterSpec,
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
+    bootstrap_replicas: int | None = None,
 ) -> list[Obj]:
-    """The variables the operator sets itself (settings come through `envFrom`)."""
+    """The variables the operator sets itself (settings come through `envFrom`); the same
+    for every size (see the module doc), the bootstrap size being `spec.replicas` unless
+    given. NODE_ID comes before ADVERTISE_URL, which expands it."""
+    bootstrap = spec.replicas if bootstrap_replicas is None else bootstrap_replicas
     env: list[Obj] = [
         {"name": "NODE_TYPE", "value": spec.role},
         {"name": "NODE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "HOST", "value": "0.0.0.0"},
         {"name": "PORT", "value": str(WORKER_PORT)},
-        {"name": "PEERS", "value": peers(name, namespace, spec.replicas, cluster_domain)},
+        {
+            "name": "ADVERTISE_URL",
+            "value": f"http://{pod_address(name, namespace, '$(NODE_ID)', cluster_domain)}",
+        },
+        {"name": "PEERS", "value": peers(name, namespace, bootstrap, cluster_domain)},
+        {"name": "DISCOVERY", "value": "redis"},
         {"name": "CLUSTER_NAME", "value": cluster_name(name, namespace)},
     ]
+    if spec.role == "lock_manager":
+        voters = ",".join(bootstrap_pods(name, bootstrap))
+        env.append({"name": "RAFT_INITIAL_VOTERS", "value": voters})
+        env.append({"name": "RAFT_JOIN", "value": "auto"})
     external = spec.redis.external
     if external is None:
         host = f"{object_names(name).redis_service}.{namespace}.svc.{cluster_domain}"
@@ -339,7 +422,11 @@ def worker_env(
 
 
 def worker_container(
-    name: str, namespace: str, spec: ClusterSpec, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    name: str,
+    namespace: str,
+    spec: ClusterSpec,
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
+    bootstrap_replicas: int | None = None,
 ) -> Obj:
     """The worker container: probes on /ready and /health, read-only root, /tmp writable."""
     container: Obj = {
@@ -347,7 +434,7 @@ def worker_container(
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
-        "env": worker_env(name, namespace, spec, cluster_domain),
+        "env": worker_env(name, namespace, spec, cluster_domain, bootstrap_replicas),
         "envFrom": [{"configMapRef": {"name": object_names(name).config_map}}],
         "readinessProbe": {
             "httpGet": {"path": "/ready", "port": "http"},
@@ -387,7 +474,11 @@ def default_affinity(name: str) -> Obj:
 
 
 def worker_pod_spec(
-    name: str, namespace: str, spec: ClusterSpec, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    name: str,
+    namespace: str,
+    spec: ClusterSpec,
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
+    bootstrap_replicas: int | None = None,
 ) -> Obj:
     """The worker pod spec; the user's affinity replaces the default spreading."""
     pod: Obj = {
@@ -399,7 +490,7 @@ def worker_pod_spec(
         "affinity": (
             copy.deepcopy(spec.affinity) if spec.affinity is not None else default_affinity(name)
         ),
-        "containers": [worker_container(name, namespace, spec, cluster_domain)],
+        "containers": [worker_container(name, namespace, spec, cluster_domain, bootstrap_replicas)],
         "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
     if spec.node_selector:
@@ -410,16 +501,23 @@ def worker_pod_spec(
 
 
 def build_statefulset(
-    name: str, namespace: str, spec: ClusterSpec, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    name: str,
+    namespace: str,
+    spec: ClusterSpec,
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
+    bootstrap_replicas: int | None = None,
 ) -> Obj:
     """The workers. `Parallel` starts every pod at once, so a Raft majority can form
     (ordered start would wait for pod 0 to be ready, which needs a leader, which needs
-    a majority)."""
+    a majority). The bootstrap size (`spec.replicas` unless given) is recorded on it."""
     names = object_names(name)
+    bootstrap = spec.replicas if bootstrap_replicas is None else bootstrap_replicas
+    metadata = _metadata(names.statefulset, namespace, name, spec.role)
+    metadata["annotations"] = {BOOTSTRAP_REPLICAS_ANNOTATION: str(bootstrap)}
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": _metadata(names.statefulset, namespace, name, spec.role),
+        "metadata": metadata,
         "spec": {
             "serviceName": names.peers_service,
             "replicas": spec.replicas,
@@ -431,7 +529,7 @@ def build_statefulset(
                     "labels": labels(name, spec.role),
                     "annotations": {SETTINGS_HASH_ANNOTATION: settings_hash(spec)},
                 },
-                "spec": worker_pod_spec(name, namespace, spec, cluster_domain),
+                "spec": worker_pod_spec(name, namespace, spec, cluster_domain, bootstrap),
             },
         },
     }
@@ -453,13 +551,19 @@ def build_pdb(name: str, namespace: str, spec: ClusterSpec) -> Obj:
 
 
 def desired_objects(
-    name: str, namespace: str, spec: ClusterSpec, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    name: str,
+    namespace: str,
+    spec: ClusterSpec,
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
+    bootstrap_replicas: int | None = None,
 ) -> list[Obj]:
     """Every object the DistCluster `namespace/name` wants, in apply order.
 
     ConfigMap; with managed Redis its PVC (when persistent), Service and Deployment;
     headless peers Service; client Service; StatefulSet; PodDisruptionBudget. No owner
-    references: the handler adopts them. Raises SpecError for a name `check_name` refuses.
+    references: the handler adopts them. `bootstrap_replicas` is the recorded bootstrap
+    size (`bootstrap_replicas()`; None for a cluster created now, `spec.replicas`).
+    Raises SpecError for a name `check_name` refuses.
     """
     check_name(name)
     objects = [build_config_map(name, namespace, spec)]
@@ -471,6 +575,6 @@ def desired_objects(
         objects.append(build_redis_deployment(name, namespace, spec))
     objects.append(build_peers_service(name, namespace, spec))
     objects.append(build_client_service(name, namespace, spec))
-    objects.append(build_statefulset(name, namespace, spec, cluster_domain))
+    objects.append(build_statefulset(name, namespace, spec, cluster_domain, bootstrap_replicas))
     objects.append(build_pdb(name, namespace, spec))
     return objects

@@ -56,8 +56,22 @@ DEFAULT_SECRET_KEY = "url"
 MAX_NAME_LENGTH = 52
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
-# Variables the operator sets itself from the resource; a setting may not replace them.
-RESERVED_SETTINGS = ("NODE_ID", "NODE_TYPE", "PEERS", "REDIS_URL", "CLUSTER_NAME", "PORT", "HOST")
+# Variables the operator sets itself from the resource; a setting may not replace them (the
+# pod's `env` would silently win over the ConfigMap's `envFrom`). The last four make a
+# resize work without restarting pods: a setting such as DISCOVERY=static would break it.
+RESERVED_SETTINGS = (
+    "NODE_ID",
+    "NODE_TYPE",
+    "PEERS",
+    "REDIS_URL",
+    "CLUSTER_NAME",
+    "PORT",
+    "HOST",
+    "ADVERTISE_URL",
+    "DISCOVERY",
+    "RAFT_INITIAL_VOTERS",
+    "RAFT_JOIN",
+)
 SETTING_NAME_PATTERN = r"^[A-Z_][A-Z0-9_]*$"
 MAX_SETTINGS = 64
 MAX_SETTING_VALUE_LENGTH = 4096

@@ -9,7 +9,7 @@ builds anything the handlers would not.
 
 A lock_manager's size is not simply `spec.replicas`: its pods must join the Raft
 configuration after they start and leave it before they go. Each pass asks the pure planner
-(`membership_plan.plan`) for one step from what it observes (the StatefulSet, the ready
+(`membership_plan.plan`) for one step from what it observes (the StatefulSet, the started
 pods, the configuration from `GET /raft/members`), builds the StatefulSet with the size the
 planner holds (not `spec.replicas`: a scale-down keeps every pod until its removal is
 committed) and makes at most one membership call (`POST` or `DELETE /raft/members`): the
@@ -19,6 +19,12 @@ the StatefulSet as it is, the status Degraded (`MembershipChangeFailed`) and one
 Event per distinct message; a 409 (another change running) is only Progressing
 (`MembershipChangeInProgress`). Queue and cache need none of this: their rings follow the
 nodes' heartbeats.
+
+A resize, of any role, changes the StatefulSet's `spec.replicas` and nothing else: the pod
+template does not depend on the size (see `builders`), and `Kube.apply` patches only the
+fields that moved. The template's one size-like input, the bootstrap size, is read back
+from the StatefulSet on every pass (`bootstrap_replicas`), so it stays what it was at
+creation across resizes and operator restarts.
 
 Invariants:
 * Nothing is built from a spec that cannot be applied: `parse_spec` refuses it, or its role
@@ -59,6 +65,7 @@ from distcluster_operator.builders import (
     COMPONENT_LABEL,
     DEFAULT_CLUSTER_DOMAIN,
     WORKER_PORT,
+    bootstrap_replicas,
     desired_objects,
     object_names,
     selector_string,
@@ -306,19 +313,52 @@ def stale_children(name: str, desired: Sequence[Mapping[str, Any]]) -> list[Chil
     return [child for child in all_children(name) if child not in wanted]
 
 
-def ready_members(pods: Sequence[Mapping[str, Any]], name: str) -> list[str]:
-    """Names (= node ids) of the DistCluster's worker pods whose Ready condition is True.
-    The labels are checked here too, not only by the API's selector."""
+def _worker_pods(pods: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
+    """The DistCluster's worker pods; the labels are checked here too, not only by the
+    API's selector."""
     selector = worker_selector(name)
-    members = []
-    for pod in pods:
-        labels = pod.get("metadata", {}).get("labels") or {}
-        if any(labels.get(key) != value for key, value in selector.items()):
-            continue
-        conditions = pod.get("status", {}).get("conditions") or []
-        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-            members.append(str(pod["metadata"]["name"]))
-    return sorted(members)
+    return [
+        pod
+        for pod in pods
+        if all(
+            (pod.get("metadata", {}).get("labels") or {}).get(key) == value
+            for key, value in selector.items()
+        )
+    ]
+
+
+def _is_ready(pod: Mapping[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _has_started(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status", {})
+    containers = status.get("containerStatuses") or []
+    return (
+        status.get("phase") == "Running"
+        and bool(containers)
+        and all(c.get("started") is True for c in containers)
+    )
+
+
+def ready_members(pods: Sequence[Mapping[str, Any]], name: str) -> list[str]:
+    """Names (= node ids) of the DistCluster's worker pods whose Ready condition is True."""
+    return sorted(
+        str(pod["metadata"]["name"]) for pod in _worker_pods(pods, name) if _is_ready(pod)
+    )
+
+
+def started_members(pods: Sequence[Mapping[str, Any]], name: str) -> list[str]:
+    """Names of the worker pods that can be added to the Raft configuration: Ready, or
+    running with every container started. A lock node waiting to join is never Ready (its
+    readiness needs a leader, which it hears from only once it is a member), so waiting
+    for Ready alone would wait for ever."""
+    return sorted(
+        str(pod["metadata"]["name"])
+        for pod in _worker_pods(pods, name)
+        if _is_ready(pod) or _has_started(pod)
+    )
 
 
 def status_changed(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
@@ -407,7 +447,8 @@ async def _reconcile(
     step, membership = await _plan_size(deps, name, namespace, spec, statefulset)
     replicas = spec.replicas if step is None else step.replicas
     sized = spec.model_copy(update={"replicas": replicas})
-    objects = desired_objects(name, namespace, sized, deps.cluster_domain)
+    bootstrap = bootstrap_replicas(statefulset, replicas)
+    objects = desired_objects(name, namespace, sized, deps.cluster_domain, bootstrap)
     kopf.adopt(objects, owner=body)
     stale = stale_children(name, objects)
     changes = await asyncio.to_thread(
@@ -434,7 +475,7 @@ async def _plan_size(
     pods = await asyncio.to_thread(deps.kube.list, "v1", "Pod", namespace, selector_string(name))
     membership = parse_membership(await deps.membership.members(raft_members_url(name, namespace)))
     current = statefulset_replicas(statefulset)
-    return plan(name, spec.replicas, current, ready_members(pods, name), membership), membership
+    return plan(name, spec.replicas, current, started_members(pods, name), membership), membership
 
 
 async def _change_membership(

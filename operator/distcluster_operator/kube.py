@@ -23,6 +23,12 @@ How `Kube.apply` decides (the pure `patch_ops`):
   re-asserts every child every few seconds and must not write when nothing changed. The hash
   sees what a containment check cannot (a value removed from the desired object); the
   containment check sees hand edits that leave the hash alone (`kubectl scale statefulset`).
+* Otherwise only the fields that moved are replaced: the object also carries one hash per
+  replaced field (`distcluster.io/applied-fields`), and a field whose hash is the desired
+  one and whose value still holds is left out of the patch. A resize therefore sends
+  `/spec/replicas` alone and never rewrites the StatefulSet's pod template, so nothing in
+  an audit log or a server-side default can turn a resize into a rollout. An object
+  without the per-field hashes (applied by an older operator) gets every field once.
 
 Every call blocks (urllib3): the async handlers run them through `asyncio.to_thread`.
 """
@@ -46,6 +52,7 @@ Obj = dict[str, Any]
 Action = Literal["created", "patched", "unchanged"]
 
 APPLIED_HASH_ANNOTATION = f"{crd.GROUP}/applied-hash"
+APPLIED_FIELDS_ANNOTATION = f"{crd.GROUP}/applied-fields"
 DEFAULT_TIMEOUT_S = 15.0
 
 # (apiVersion, kind) -> plural, for every kind the operator reads or writes.
@@ -84,23 +91,63 @@ def resource_path(
     return path
 
 
-def applied_hash(obj: Mapping[str, Any]) -> str:
-    """A short, stable digest of an object as the operator wants it (without the hash itself)."""
-    plain = copy.deepcopy(dict(obj))
-    metadata = plain.get("metadata", {})
-    metadata.get("annotations", {}).pop(APPLIED_HASH_ANNOTATION, None)
-    if not metadata.get("annotations", True):
-        del metadata["annotations"]  # Stamping an object without annotations added the map.
-    text = json.dumps(plain, sort_keys=True, separators=(",", ":"))
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def applied_hash(obj: Mapping[str, Any]) -> str:
+    """A short, stable digest of an object as the operator wants it (without its stamps)."""
+    plain = copy.deepcopy(dict(obj))
+    metadata = plain.get("metadata", {})
+    for stamp in (APPLIED_HASH_ANNOTATION, APPLIED_FIELDS_ANNOTATION):
+        metadata.get("annotations", {}).pop(stamp, None)
+    if not metadata.get("annotations", True):
+        del metadata["annotations"]  # Stamping an object without annotations added the map.
+    return _digest(plain)
+
+
+def owned_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields `apply` replaces wholesale, by JSON pointer: each key under `spec`, and
+    every other top-level section that is not identity or status (a ConfigMap's `data`)."""
+    fields: dict[str, Any] = {}
+    for section, value in obj.items():
+        if section in _NOT_OWNED:
+            continue
+        if section == "spec" and isinstance(value, Mapping):
+            for key, item in value.items():
+                fields[f"/spec/{_pointer(key)}"] = item
+        else:
+            fields[f"/{_pointer(section)}"] = value
+    return fields
+
+
+def field_hashes(obj: Mapping[str, Any]) -> dict[str, str]:
+    """One digest per owned field (the `applied-fields` annotation, decoded)."""
+    return {path: _digest(value) for path, value in owned_fields(obj).items()}
+
+
 def stamped(obj: Mapping[str, Any]) -> Obj:
-    """A copy of `obj` carrying its own `applied_hash` as an annotation."""
+    """A copy of `obj` carrying its own `applied_hash` and `field_hashes` as annotations."""
     result = copy.deepcopy(dict(obj))
-    metadata = result.setdefault("metadata", {})
-    metadata.setdefault("annotations", {})[APPLIED_HASH_ANNOTATION] = applied_hash(obj)
+    annotations = result.setdefault("metadata", {}).setdefault("annotations", {})
+    annotations[APPLIED_HASH_ANNOTATION] = applied_hash(obj)
+    fields = json.dumps(field_hashes(obj), sort_keys=True, separators=(",", ":"))
+    annotations[APPLIED_FIELDS_ANNOTATION] = fields
     return result
+
+
+def recorded_field_hashes(obj: Mapping[str, Any]) -> dict[str, str]:
+    """The per-field hashes an object carries; empty when it has none or they do not parse
+    (then every field is replaced, as for an object applied by an older operator)."""
+    text = obj.get("metadata", {}).get("annotations", {}).get(APPLIED_FIELDS_ANNOTATION)
+    try:
+        recorded = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    return {str(path): str(digest) for path, digest in recorded.items()}
 
 
 def contains(actual: Any, wanted: Any) -> bool:
@@ -143,15 +190,31 @@ def patch_ops(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> list[O
     if "ownerReferences" in want_meta:
         owners = _merged_owners(have_meta.get("ownerReferences", []), want_meta["ownerReferences"])
         ops.append({"op": "add", "path": "/metadata/ownerReferences", "value": owners})
-    for section, value in desired.items():
-        if section in _NOT_OWNED:
-            continue
-        if section == "spec" and isinstance(existing.get("spec"), Mapping):
-            for key, item in value.items():
-                ops.append({"op": "add", "path": f"/spec/{_pointer(key)}", "value": item})
-        else:
-            ops.append({"op": "add", "path": f"/{_pointer(section)}", "value": value})
+    if "spec" in desired and not isinstance(existing.get("spec"), Mapping):
+        ops.append({"op": "add", "path": "/spec", "value": desired["spec"]})
+    recorded = recorded_field_hashes(existing)
+    for path, value in owned_fields(desired).items():
+        if path.startswith("/spec/") and not isinstance(existing.get("spec"), Mapping):
+            continue  # The whole spec is added above.
+        if recorded.get(path) == _digest(value) and contains(_at(existing, path), value):
+            continue  # Applied as wanted and not edited since: left out of the patch.
+        ops.append({"op": "add", "path": path, "value": value})
     return ops
+
+
+_ABSENT = object()
+
+
+def _at(obj: Mapping[str, Any], pointer: str) -> Any:
+    """The value at a JSON pointer of `owned_fields` (one or two segments), or a marker
+    that no `contains` check accepts."""
+    value: Any = obj
+    for segment in pointer.lstrip("/").split("/"):
+        key = segment.replace("~1", "/").replace("~0", "~")
+        if not isinstance(value, Mapping) or key not in value:
+            return _ABSENT
+        value = value[key]
+    return value
 
 
 def _merged_owners(have: list[Obj], want: list[Obj]) -> list[Obj]:

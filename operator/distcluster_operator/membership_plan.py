@@ -1,7 +1,7 @@
 """Pure planner for a lock_manager's size: the next step that moves the StatefulSet and the
 Raft configuration towards `spec.replicas` without ever shrinking the quorum.
 
-The handlers observe (the StatefulSet's `spec.replicas`, the ready pods, a node's
+The handlers observe (the StatefulSet's `spec.replicas`, the started pods, a node's
 `GET /raft/members`), call `plan`, carry out the one step it returns and observe again on
 the next pass; nothing is remembered between passes, so a pass that failed or raced with
 another writer is simply re-planned. The worker changes its configuration one server at a
@@ -19,7 +19,9 @@ Order of the steps, the first that applies:
 5. Only when the committed configuration holds no node that will go does the StatefulSet
    shrink (`patch_replicas`): its pods go after their membership did.
 6. Scale up, lowest ordinal first: a wanted pod that is not a voter is added
-   (`add_member`) once its pod is Ready; the next waits for it (`wait`).
+   (`add_member`) once its pod has started (Ready, or running with its container started:
+   a node waiting to join knows no leader, so it is not Ready before it is added); the
+   next waits for it (`wait`).
 7. Otherwise `done`.
 
 Invariant (checked on every plan, raising `PlanError`): the StatefulSet size a plan asks
@@ -169,15 +171,15 @@ def plan(
     name: str,
     desired: int,
     current: int | None,
-    ready: Collection[str],
+    started: Collection[str],
     membership: Membership | None,
 ) -> Step:
     """The next step for the lock_manager DistCluster `name` (see the module doc).
 
     `desired` is `spec.replicas`; `current` the StatefulSet's `spec.replicas` (None while it
-    does not exist); `ready` the names of the worker pods that are Ready; `membership` the
+    does not exist); `started` the names of the worker pods that have started; `membership` the
     configuration a node reported (None when it could not be had)."""
-    step = _plan(name, desired, current, frozenset(ready), membership)
+    step = _plan(name, desired, current, frozenset(started), membership)
     floor = replicas_floor(name, membership)
     if step.replicas < floor:
         raise PlanError(f"{step} would remove the pod of a member (floor {floor})")
@@ -190,7 +192,7 @@ def _plan(
     name: str,
     desired: int,
     current: int | None,
-    ready: frozenset[str],
+    started: frozenset[str],
     membership: Membership | None,
 ) -> Step:
     grown = max(desired, replicas_floor(name, membership))
@@ -215,7 +217,7 @@ def _plan(
         return Step.patch_replicas(
             desired, f"Shrinking the StatefulSet from {current} to {desired}."
         )
-    return _next_addition(name, desired, current, ready, membership)
+    return _next_addition(name, desired, current, started, membership)
 
 
 def _leaving(name: str, desired: int, members: frozenset[str]) -> list[str]:
@@ -225,18 +227,18 @@ def _leaving(name: str, desired: int, members: frozenset[str]) -> list[str]:
 
 
 def _next_addition(
-    name: str, desired: int, current: int, ready: frozenset[str], membership: Membership
+    name: str, desired: int, current: int, started: frozenset[str], membership: Membership
 ) -> Step:
-    """Add the lowest wanted pod that is not a voter, once it is Ready."""
+    """Add the lowest wanted pod that is not a voter, once it has started."""
     for ordinal_ in range(desired):
         node_id = pod_name(name, ordinal_)
         if node_id in membership.voters:
             continue
-        if node_id not in ready:
+        if node_id not in started:
             return Step.wait(
                 current,
                 WAITING_FOR_POD,
-                f"Waiting for {node_id} to be ready before adding it to the Raft configuration.",
+                f"Waiting for {node_id} to start before adding it to the Raft configuration.",
             )
         return Step.add_member(current, node_id)
     return Step.done(current)

@@ -260,8 +260,28 @@ class Harness:
         found = self.obj("apps/v1/statefulsets", name)
         return None if found is None else int(found["spec"]["replicas"])
 
-    def fake_pod(self, name: str, ordinal: int, *, ready: bool) -> None:
-        """A worker pod as the StatefulSet controller and the kubelet would leave it."""
+    def template(self, name: str) -> dict[str, Any]:
+        """The StatefulSet's pod template as stored."""
+        found = self.obj("apps/v1/statefulsets", name)
+        if found is None:
+            raise AssertionError(f"no StatefulSet {name}")
+        return dict(found["spec"]["template"])
+
+    def statefulset_patches(self, name: str) -> list[list[str]]:
+        """The paths each JSON patch of the StatefulSet wrote outside its metadata, in order
+        (a patch that only re-stamped metadata is an empty list)."""
+        return [
+            [op["path"] for op in request.data if not op["path"].startswith("/metadata/")]
+            for request in self.requests("PATCH", "apps/v1/statefulsets")
+            if request.name == name and isinstance(request.data, list)
+        ]
+
+    def fake_pod(
+        self, name: str, ordinal: int, *, ready: bool, started: bool | None = None
+    ) -> None:
+        """A worker pod as the StatefulSet controller and the kubelet would leave it:
+        running with its container started (unless `started` is False; by default, when it
+        is ready), Ready or not."""
         pod_name = f"{name}-{ordinal}"
         statefulset = self.obj("apps/v1/statefulsets", name)
         if statefulset is None:
@@ -271,7 +291,17 @@ class Harness:
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": pod_name, "namespace": NAMESPACE, "labels": labels},
-            "status": {"conditions": [{"type": "Ready", "status": str(ready)}]},
+            "status": {
+                "phase": "Running" if started or ready else "Pending",
+                "conditions": [{"type": "Ready", "status": str(ready)}],
+                "containerStatuses": [
+                    {
+                        "name": "node",
+                        "ready": ready,
+                        "started": ready if started is None else started,
+                    }
+                ],
+            },
         }
 
     async def _send(self, method: str, path: str, body: Any) -> Any:
@@ -334,15 +364,23 @@ async def running_operator(
 ) -> AsyncIterator[Harness]:
     """A mock API server and the operator running against it until the block exits; fails
     the test if the operator itself failed."""
-    async with ApiServerEmulator() as server, kmock.Server(server):
-        async with _operator(server, tmp_path, monkeypatch) as harness:
-            yield harness
+    async with mock_api_server() as server, operator_on(server, tmp_path, monkeypatch) as harness:
+        yield harness
 
 
 @contextlib.asynccontextmanager
-async def _operator(
+async def mock_api_server() -> AsyncIterator[ApiServerEmulator]:
+    """The mock API server alone, serving until the block exits: an operator started on it
+    with `operator_on`, stopped and started again sees the objects the first one left."""
+    async with ApiServerEmulator() as server, kmock.Server(server):
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def operator_on(
     server: ApiServerEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Harness]:
+    """The operator running against `server` until the block exits, with fresh fakes."""
     register_resources(server)
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(server.url))
     # Never a real cluster: no in-cluster login even if the tests run in a pod.

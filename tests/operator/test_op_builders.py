@@ -8,6 +8,8 @@ cluster.
 from __future__ import annotations
 
 import copy
+import json
+import re
 from typing import Any
 
 import kubernetes_validate
@@ -17,18 +19,30 @@ from op_kube import validate_k8s
 
 from distcluster_operator import crd
 from distcluster_operator.builders import (
+    BOOTSTRAP_REPLICAS_ANNOTATION,
+    bootstrap_replicas,
     build_statefulset,
     cluster_name,
     desired_objects,
     object_names,
     selector_string,
 )
+from distcluster_operator.kube import field_hashes
 from distcluster_operator.spec import ClusterSpec, SpecError, parse_spec
 from distcluster_worker.cache_role.settings import load_cache_settings
+from distcluster_worker.lock_role.settings import LockRoleSettings, load_lock_settings
 from distcluster_worker.queue_role.settings import load_queue_settings
 from distcluster_worker.shell.config import CLUSTER_NAME_RE, Settings, load_settings
 
 NS = "apps"
+# Worker settings of the discovery contract (DISCOVERY, ADVERTISE_URL, RAFT_JOIN=auto) that
+# land on main with the worker's discovery change, not yet in this tree's Settings.
+CONTRACT_SETTINGS = {"ADVERTISE_URL", "DISCOVERY"}
+WORKER_SETTINGS = (
+    {field.upper() for field in Settings.model_fields}
+    | {f"RAFT_{field.upper()}" for field in LockRoleSettings.model_fields}
+    | CONTRACT_SETTINGS
+)
 
 
 def container(sts: dict[str, Any]) -> dict[str, Any]:
@@ -37,20 +51,32 @@ def container(sts: dict[str, Any]) -> dict[str, Any]:
     return only
 
 
-def pod_env(name: str, ordinal: int, spec: ClusterSpec) -> dict[str, str]:
-    """The environment a worker pod sees: env (fieldRef and secretKeyRef resolved the way
-    the kubelet would) over the ConfigMap's settings (envFrom)."""
-    grouped = objects_by_kind(name, NS, spec)
-    (config_map,) = grouped["ConfigMap"]
+def pod_env(
+    name: str, ordinal: int, spec: ClusterSpec, bootstrap_replicas: int | None = None
+) -> dict[str, str]:
+    """The environment a worker pod sees: env (fieldRef and secretKeyRef resolved, `$(..)`
+    expanded the way the kubelet would) over the ConfigMap's settings (envFrom)."""
+    objects = desired_objects(name, NS, spec, bootstrap_replicas=bootstrap_replicas)
+    (config_map,) = [obj for obj in objects if obj["kind"] == "ConfigMap"]
+    (sts,) = [obj for obj in objects if obj["kind"] == "StatefulSet"]
     env = dict(config_map["data"])
-    for var in container(grouped["StatefulSet"][0])["env"]:
+    for var in container(sts)["env"]:
         if "value" in var:
-            env[var["name"]] = var["value"]
+            env[var["name"]] = expand(var["value"], env)
         elif var["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.name":
             env[var["name"]] = f"{name}-{ordinal}"
         else:
             env[var["name"]] = "redis://external.example:6379/0"
     return env
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """`$(NAME)` replaced by a variable defined before, as the kubelet does."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), value)
+
+
+def worker_env(sts: dict[str, Any]) -> dict[str, Any]:
+    return {var["name"]: var.get("value", var.get("valueFrom")) for var in container(sts)["env"]}
 
 
 def test_every_object_is_valid_kubernetes(case: tuple[str, ClusterSpec]) -> None:
@@ -130,10 +156,25 @@ def test_managed_redis_runs_with_aof_on_an_empty_dir_by_default() -> None:
 
 def test_worker_env_uses_the_workers_own_variable_names() -> None:
     sts = build_statefulset("locks", NS, parse_spec(CASES["lock_manager"]))
-    names = {var["name"] for var in container(sts)["env"]}
-    assert names == {"NODE_TYPE", "NODE_ID", "HOST", "PORT", "PEERS", "CLUSTER_NAME", "REDIS_URL"}
-    assert names <= {field.upper() for field in Settings.model_fields}
-    assert set(crd.RESERVED_SETTINGS) <= {field.upper() for field in Settings.model_fields}
+    names = [var["name"] for var in container(sts)["env"]]
+    assert set(names) == {
+        "NODE_TYPE",
+        "NODE_ID",
+        "HOST",
+        "PORT",
+        "ADVERTISE_URL",
+        "PEERS",
+        "DISCOVERY",
+        "CLUSTER_NAME",
+        "RAFT_INITIAL_VOTERS",
+        "RAFT_JOIN",
+        "REDIS_URL",
+    }
+    assert names.index("NODE_ID") < names.index("ADVERTISE_URL")  # the kubelet expands in order
+    assert set(names) <= WORKER_SETTINGS
+    assert set(crd.RESERVED_SETTINGS) == set(names)
+    queue = build_statefulset("jobs", NS, parse_spec(CASES["queue"]))
+    assert set(worker_env(queue)) == set(names) - {"RAFT_INITIAL_VOTERS", "RAFT_JOIN"}
 
 
 def test_worker_env_values() -> None:
@@ -144,34 +185,85 @@ def test_worker_env_values() -> None:
     assert env["PORT"]["value"] == "8000"
     assert env["HOST"]["value"] == "0.0.0.0"
     assert env["REDIS_URL"]["value"] == "redis://locks-redis.apps.svc.cluster.local:6379/0"
+    assert env["ADVERTISE_URL"]["value"] == (
+        "http://$(NODE_ID).locks-peers.apps.svc.cluster.local:8000"
+    )
+    assert env["DISCOVERY"]["value"] == "redis"
     assert env["PEERS"]["value"] == (
         "locks-0=locks-0.locks-peers.apps.svc.cluster.local:8000,"
         "locks-1=locks-1.locks-peers.apps.svc.cluster.local:8000,"
         "locks-2=locks-2.locks-peers.apps.svc.cluster.local:8000"
     )
+    assert env["RAFT_INITIAL_VOTERS"]["value"] == "locks-0,locks-1,locks-2"
+    assert env["RAFT_JOIN"]["value"] == "auto"
+    assert sts["metadata"]["annotations"] == {BOOTSTRAP_REPLICAS_ANNOTATION: "3"}
     assert container(sts)["envFrom"] == [{"configMapRef": {"name": "locks-settings"}}]
 
 
-def test_peers_follow_replicas_and_cluster_domain() -> None:
+def test_the_bootstrap_set_and_cluster_domain_shape_peers() -> None:
     spec = parse_spec(CASES["five_replicas"])
     sts = desired_objects("locks", NS, spec, cluster_domain="corp.internal")[-2]
-    peers = {v["name"]: v for v in container(sts)["env"]}["PEERS"]["value"].split(",")
+    env = worker_env(sts)
+    peers = env["PEERS"].split(",")
     assert len(peers) == 5
     assert peers[4] == "locks-4=locks-4.locks-peers.apps.svc.corp.internal:8000"
+    assert env["ADVERTISE_URL"] == "http://$(NODE_ID).locks-peers.apps.svc.corp.internal:8000"
+    created_at_3 = desired_objects("locks", NS, spec, bootstrap_replicas=3)[-2]
+    assert created_at_3["spec"]["replicas"] == 5
+    assert worker_env(created_at_3)["RAFT_INITIAL_VOTERS"] == "locks-0,locks-1,locks-2"
+    assert worker_env(created_at_3)["PEERS"].count("=locks-") == 3
+    assert created_at_3["metadata"]["annotations"][BOOTSTRAP_REPLICAS_ANNOTATION] == "3"
 
 
-@pytest.mark.parametrize("ordinal", [0, 2])
-def test_the_worker_accepts_the_pod_environment(ordinal: int) -> None:
+def test_the_pod_template_is_the_same_for_every_size(case: tuple[str, ClusterSpec]) -> None:
+    _, spec = case
+    templates = set()
+    template_hashes = set()
+    for replicas in (1, 3, 5, 7):
+        sized = spec.model_copy(update={"replicas": replicas})
+        sts = build_statefulset("demo", NS, sized, bootstrap_replicas=3)
+        assert sts["spec"]["replicas"] == replicas
+        templates.add(json.dumps(sts["spec"]["template"], sort_keys=True))
+        template_hashes.add(field_hashes(sts)["/spec/template"])
+    assert len(templates) == 1
+    assert len(template_hashes) == 1
+
+
+def test_the_bootstrap_size_is_recorded_once() -> None:
     spec = parse_spec(CASES["lock_manager"])
-    settings = load_settings(pod_env("locks", ordinal, spec))
+    assert bootstrap_replicas(None, 5) == 5  # created now, at 5
+    created = build_statefulset("locks", NS, spec, bootstrap_replicas=bootstrap_replicas(None, 3))
+    grown = copy.deepcopy(created)
+    grown["spec"]["replicas"] = 7
+    assert bootstrap_replicas(created, 5) == 3
+    assert bootstrap_replicas(grown, 1) == 3
+    # Built before the record existed: the pods it has now are the bootstrap set.
+    legacy = copy.deepcopy(grown)
+    del legacy["metadata"]["annotations"]
+    assert bootstrap_replicas(legacy, 9) == 7
+    for garbage in ("", "0", "-1", "three"):
+        legacy["metadata"]["annotations"] = {BOOTSTRAP_REPLICAS_ANNOTATION: garbage}
+        assert bootstrap_replicas(legacy, 9) == 7
+    legacy["spec"] = {}
+    assert bootstrap_replicas(legacy, 9) == 9
+
+
+@pytest.mark.parametrize("ordinal", [0, 2, 4])
+def test_the_worker_accepts_the_pod_environment(ordinal: int) -> None:
+    spec = parse_spec(CASES["lock_manager"]).model_copy(update={"replicas": 5})
+    env = pod_env("locks", ordinal, spec, bootstrap_replicas=3)  # created at 3, grown to 5
+    settings = load_settings(env)
     assert settings.node_id == f"locks-{ordinal}"
     assert settings.node_type == "lock_manager"
     assert (settings.host, settings.port) == ("0.0.0.0", 8000)
-    others = {f"locks-{i}" for i in range(3)} - {f"locks-{ordinal}"}
-    assert set(settings.peer_urls) == others
-    assert settings.peer_urls[min(others)] == (
-        f"http://{min(others)}.locks-peers.apps.svc.cluster.local:8000"
-    )
+    assert env["ADVERTISE_URL"] == f"http://locks-{ordinal}.locks-peers.apps.svc.cluster.local:8000"
+    bootstrap = {f"locks-{i}" for i in range(3)}
+    assert set(settings.peer_urls) == bootstrap - {f"locks-{ordinal}"}
+    assert settings.peer_urls["locks-1"] == "http://locks-1.locks-peers.apps.svc.cluster.local:8000"
+    # RAFT_JOIN=auto comes with the worker's discovery change; the voters parse today.
+    without_join = {key: value for key, value in env.items() if key != "RAFT_JOIN"}
+    voters = load_lock_settings(without_join).bootstrap_voters(settings.node_id, [])
+    assert voters == ("locks-0", "locks-1", "locks-2")
 
 
 def test_the_worker_accepts_role_settings_from_the_config_map() -> None:

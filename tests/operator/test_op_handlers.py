@@ -27,6 +27,7 @@ from distcluster_operator.handlers import (
     raft_status_url,
     ready_members,
     stale_children,
+    started_members,
     status_changed,
     validate,
 )
@@ -58,6 +59,20 @@ def test_ready_members_are_the_ready_worker_pods_of_this_cluster_sorted() -> Non
         {"metadata": {"name": "demo-3", "labels": pod("x", "True")["metadata"]["labels"]}},
     ]
     assert ready_members(pods, "demo") == ["demo-0", "demo-2"]
+
+
+def test_started_members_include_running_pods_that_are_not_ready() -> None:
+    joining = pod("demo-3", "False")
+    joining["status"] |= {"phase": "Running", "containerStatuses": [{"started": True}]}
+    starting = pod("demo-4", "False")
+    starting["status"] |= {"phase": "Running", "containerStatuses": [{"started": False}]}
+    pending = pod("demo-5", "False")
+    pending["status"] |= {"phase": "Pending", "containerStatuses": []}
+    other = pod("other-0", "False", instance="other")
+    other["status"] |= joining["status"]
+    pods = [pod("demo-0", "True"), joining, starting, pending, other]
+    assert started_members(pods, "demo") == ["demo-0", "demo-3"]
+    assert ready_members(pods, "demo") == ["demo-0"]
 
 
 def test_status_changed_treats_null_as_absent() -> None:
@@ -246,14 +261,16 @@ async def test_status_follows_the_statefulset_the_pods_and_the_raft_leader(op: H
 async def test_replicas_follow_the_spec_and_the_scale_subresource(op: Harness) -> None:
     await op.create("demo", {"role": "lock_manager"})
     await eventually(lambda: statefulset(op, "demo")["spec"]["replicas"] == 3)
+    template = statefulset(op, "demo")["spec"]["template"]
 
     await op.update_spec("demo", {"replicas": 5})
     await eventually(lambda: statefulset(op, "demo")["spec"]["replicas"] == 5)
-    assert env(statefulset(op, "demo"))["PEERS"].count("=demo-") == 5
+    assert statefulset(op, "demo")["spec"]["template"] == template
 
     await op.scale("demo", 7)
     await eventually(lambda: statefulset(op, "demo")["spec"]["replicas"] == 7)
-    assert env(statefulset(op, "demo"))["PEERS"].count("=demo-") == 7
+    assert statefulset(op, "demo")["spec"]["template"] == template
+    assert env(statefulset(op, "demo"))["PEERS"].count("=demo-") == 3  # the bootstrap set
 
 
 @pytest.mark.timeout(60)
@@ -274,7 +291,8 @@ async def test_an_image_change_patches_the_pod_template_only(op: Harness) -> Non
     assert [(w.method.value, str(w.resource.plural), w.name) for w in writes] == [
         ("PATCH", "statefulsets", "demo")
     ]
-    assert {op["path"] for op in writes[0].data} >= {"/spec/template", "/spec/replicas"}
+    spec_paths = {op["path"] for op in writes[0].data if op["path"].startswith("/spec")}
+    assert spec_paths == {"/spec/template"}
 
 
 @pytest.mark.timeout(60)

@@ -17,12 +17,15 @@ from op_kmock import NAMESPACE, ApiServerEmulator, register_resources
 from distcluster_operator import crd
 from distcluster_operator.builders import build_config_map, build_peers_service, build_statefulset
 from distcluster_operator.kube import (
+    APPLIED_FIELDS_ANNOTATION,
     APPLIED_HASH_ANNOTATION,
     Kube,
     applied_hash,
     contains,
+    field_hashes,
     is_controlled_by,
     patch_ops,
+    recorded_field_hashes,
     resource_path,
     stamped,
 )
@@ -88,6 +91,7 @@ def test_the_hash_is_stable_and_ignores_itself() -> None:
     obj = statefulset({"role": "queue"})
     assert applied_hash(obj) == applied_hash(copy.deepcopy(obj))
     assert applied_hash(stamped(obj)) == applied_hash(obj)
+    assert applied_hash(stamped(stamped(obj))) == applied_hash(obj)
     assert stamped(obj)["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] == applied_hash(obj)
     assert applied_hash(statefulset({"role": "queue", "replicas": 5})) != applied_hash(obj)
     assert APPLIED_HASH_ANNOTATION not in obj["metadata"].get("annotations", {})  # not mutated
@@ -137,6 +141,51 @@ def test_values_removed_from_the_desired_object_go_from_the_cluster() -> None:
     config_map = as_served(adopted(build_config_map("demo", NAMESPACE, settings)))
     fewer = adopted(build_config_map("demo", NAMESPACE, parse_spec({"role": "queue"})))
     assert applied(config_map, fewer)["data"] == {}
+
+
+def spec_paths(ops: list[dict[str, Any]]) -> list[str]:
+    return [op["path"] for op in ops if not op["path"].startswith("/metadata/")]
+
+
+def test_only_the_fields_that_moved_are_replaced() -> None:
+    desired = statefulset({"role": "queue"})
+    existing = as_served(desired)
+    assert recorded_field_hashes(existing) == field_hashes(desired)
+    resized = copy.deepcopy(desired)
+    resized["spec"]["replicas"] = 5
+    ops = patch_ops(existing, stamped(resized))
+    assert spec_paths(ops) == ["/spec/replicas"]  # the pod template is not rewritten
+    result = jsonpatch.apply_patch(existing, ops)
+    assert result["spec"]["replicas"] == 5
+    assert recorded_field_hashes(result) == field_hashes(resized)
+    assert patch_ops(result, stamped(resized)) == []
+
+    reimaged = statefulset({"role": "queue", "image": "registry.example.com/node:2"})
+    assert spec_paths(patch_ops(existing, stamped(reimaged))) == ["/spec/template"]
+
+
+def test_a_field_edited_by_hand_is_replaced_although_its_hash_matches() -> None:
+    desired = statefulset({"role": "queue"})
+    existing = as_served(desired)
+    existing["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = "older"
+    existing["spec"]["template"]["spec"]["containers"][0]["image"] = "edited"
+    assert spec_paths(patch_ops(existing, stamped(desired))) == ["/spec/template"]
+
+
+@pytest.mark.parametrize("recorded", [None, "not json", "[1]"])
+def test_without_readable_field_hashes_every_field_is_replaced(recorded: str | None) -> None:
+    desired = statefulset({"role": "queue"})
+    existing = as_served(desired)
+    annotations = existing["metadata"]["annotations"]
+    annotations[APPLIED_HASH_ANNOTATION] = "applied-by-an-older-operator"
+    if recorded is None:
+        del annotations[APPLIED_FIELDS_ANNOTATION]
+    else:
+        annotations[APPLIED_FIELDS_ANNOTATION] = recorded
+    assert recorded_field_hashes(existing) == {}
+    assert spec_paths(patch_ops(existing, stamped(desired))) == [
+        f"/spec/{key}" for key in desired["spec"]
+    ]
 
 
 def test_owner_references_put_ours_first_and_keep_other_non_controllers() -> None:

@@ -39,13 +39,13 @@ def m(
 
 ALL3, ALL5 = ids(0, 1, 2), ids(0, 1, 2, 3, 4)
 
-# (desired, current StatefulSet replicas, ready pods, membership) -> (kind, replicas, member
+# (desired, current StatefulSet replicas, started pods, membership) -> (kind, replicas, member
 # or the wait reason)
 CASES: dict[str, tuple[int, int | None, list[str], Membership | None, tuple[str, int, str]]] = {
     "create": (3, None, [], None, ("patch_replicas", 3, "")),
     "up: grow first": (5, 3, ALL3, m(ALL3), ("patch_replicas", 5, "")),
     "up: grow without membership": (5, 3, ALL3, None, ("patch_replicas", 5, "")),
-    "up: new pod not ready": (5, 5, ALL3, m(ALL3), ("wait", 5, WAITING_FOR_POD)),
+    "up: new pod not started": (5, 5, ALL3, m(ALL3), ("wait", 5, WAITING_FOR_POD)),
     "up: ordinal order": (5, 5, ids(0, 1, 2, 4), m(ALL3), ("wait", 5, WAITING_FOR_POD)),
     "up: add the first": (5, 5, ALL5, m(ALL3), ("add_member", 5, "locks-3")),
     "up: add the next": (5, 5, ALL5, m(ids(0, 1, 2, 3)), ("add_member", 5, "locks-4")),

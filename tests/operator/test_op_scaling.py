@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from op_kmock import Harness, eventually, running_operator
+from op_kmock import NAMESPACE, Harness, eventually, mock_api_server, operator_on, running_operator
 
+from distcluster_operator.builders import BOOTSTRAP_REPLICAS_ANNOTATION as BOOTSTRAP
+from distcluster_operator.builders import build_statefulset
 from distcluster_operator.handlers import (
     MembershipAnswer,
     raft_members_url,
@@ -117,12 +119,26 @@ def ready_status(op: Harness, replicas: int) -> None:
     )
 
 
+def env(op: Harness, variable: str) -> str:
+    container = op.template(NAME)["spec"]["containers"][0]
+    return str(next(item["value"] for item in container["env"] if item["name"] == variable))
+
+
 def peers(op: Harness) -> int:
-    found = op.obj("apps/v1/statefulsets", NAME)
-    assert found is not None
-    container = found["spec"]["template"]["spec"]["containers"][0]
-    value = next(item["value"] for item in container["env"] if item["name"] == "PEERS")
-    return int(value.count(f"={NAME}-"))
+    return env(op, "PEERS").count(f"={NAME}-")
+
+
+def assert_resized_in_place(op: Harness, template: dict[str, Any], bootstrap: int) -> None:
+    """Only `spec.replicas` moved: the pod template is the one the StatefulSet was created
+    with (so no pod restarts), every patch of it wrote `/spec/replicas` and nothing else,
+    and the bootstrap size is the recorded one."""
+    assert op.template(NAME) == template
+    patches = op.statefulset_patches(NAME)
+    assert patches and all(paths == ["/spec/replicas"] for paths in patches), patches
+    statefulset = op.obj("apps/v1/statefulsets", NAME)
+    assert statefulset is not None
+    assert statefulset["metadata"]["annotations"][BOOTSTRAP] == str(bootstrap)
+    assert peers(op) == bootstrap
 
 
 def events(op: Harness, reason: str) -> list[dict[str, Any]]:
@@ -135,22 +151,27 @@ async def test_scale_up_grows_the_statefulset_then_adds_each_ready_pod_in_order(
     op: Harness, path: str
 ) -> None:
     await running_locks(op, 3)
+    template = op.template(NAME)
     if path == "spec":
         await op.update_spec(NAME, {"replicas": 5})
     else:
         await op.scale(NAME, 5)
     await eventually(lambda: op.replicas(NAME) == 5)
-    assert peers(op) == 5
+    assert_resized_in_place(op, template, bootstrap=3)
+    assert env(op, "RAFT_INITIAL_VOTERS") == ",".join(ALL3)
     await ticks(op, 3)
     assert op.membership.calls == []  # the new pods are not ready yet
     await eventually(lambda: op.condition(NAME, "Progressing")["reason"] == "WaitingForPod")
     assert "locks-3" in op.condition(NAME, "Progressing")["message"]
 
-    op.fake_pod(NAME, 4, ready=True)  # out of order: locks-3 is still not ready
+    op.fake_pod(NAME, 3, ready=False, started=False)  # scheduled, its container not started
+    op.fake_pod(NAME, 4, ready=False, started=True)  # out of order: locks-3 is not started
     await ticks(op, 3)
     assert op.membership.calls == []
 
-    op.fake_pod(NAME, 3, ready=True)
+    # A node waiting to join is never Ready (it knows no leader before it is added): a
+    # started container is enough.
+    op.fake_pod(NAME, 3, ready=False, started=True)
     await eventually(lambda: len(op.membership.calls) == 2)
     assert op.membership.calls == [("POST", "locks-3", 5), ("POST", "locks-4", 5)]
     assert set(op.membership.urls) == {"http://locks.default.svc:8000/raft/members"}
@@ -164,11 +185,13 @@ async def test_scale_up_grows_the_statefulset_then_adds_each_ready_pod_in_order(
     ]
     await ticks(op, 3)
     assert len(op.membership.calls) == 2  # settled: nothing more
+    assert_resized_in_place(op, template, bootstrap=3)
 
 
 @pytest.mark.timeout(60)
 async def test_scale_down_removes_members_highest_first_before_the_pods_go(op: Harness) -> None:
     await running_locks(op, 5)
+    template = op.template(NAME)
     op.membership.commit_removals = False  # each removal commits when the test says so
     await op.scale(NAME, 3)
     await eventually(lambda: len(op.membership.calls) == 1)
@@ -192,7 +215,8 @@ async def test_scale_down_removes_members_highest_first_before_the_pods_go(op: H
 
     op.membership.commit()
     await eventually(lambda: op.replicas(NAME) == 3)
-    assert peers(op) == 3
+    assert_resized_in_place(op, template, bootstrap=5)
+    assert env(op, "RAFT_INITIAL_VOTERS") == ",".join(ALL5)
     assert len(op.membership.calls) == 2
     ready_status(op, 3)
     await eventually(lambda: op.status(NAME).get("phase") == "Ready")
@@ -254,10 +278,67 @@ async def test_a_busy_cluster_is_progressing_not_degraded(op: Harness) -> None:
 async def test_queue_and_cache_scale_without_membership_calls(op: Harness, role: str) -> None:
     await op.create(NAME, {"role": role})
     await eventually(lambda: op.replicas(NAME) == 3)
+    template = op.template(NAME)
     await op.scale(NAME, 5)
     await eventually(lambda: op.replicas(NAME) == 5)
+    assert_resized_in_place(op, template, bootstrap=3)
     await op.update_spec(NAME, {"replicas": 2})
     await eventually(lambda: op.replicas(NAME) == 2)
+    await op.scale(NAME, 3)
+    await eventually(lambda: op.replicas(NAME) == 3)
     await ticks(op, 2)
+    assert_resized_in_place(op, template, bootstrap=3)
+    assert len(op.statefulset_patches(NAME)) == 3
     assert op.membership.calls == []
     assert op.membership.urls == []  # not even asked for the configuration
+
+
+@pytest.mark.timeout(90)
+async def test_the_bootstrap_size_survives_a_resize_and_an_operator_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with mock_api_server() as server:
+        async with operator_on(server, tmp_path, monkeypatch) as op:
+            op.membership.replicas = lambda: op.replicas(NAME)
+            await running_locks(op, 3)
+            template = op.template(NAME)
+            await op.scale(NAME, 5)
+            await eventually(lambda: op.replicas(NAME) == 5)
+            op.fake_pod(NAME, 3, ready=True)
+            op.fake_pod(NAME, 4, ready=True)
+            await eventually(lambda: op.membership.voters == ALL5)
+            assert_resized_in_place(op, template, bootstrap=3)
+
+        # A new operator process: nothing but what the cluster holds.
+        async with operator_on(server, tmp_path, monkeypatch) as op:
+            op.membership.replicas = lambda: op.replicas(NAME)
+            op.membership.voters = list(ALL5)
+            await ticks(op, 3)
+            assert op.replicas(NAME) == 5
+            assert_resized_in_place(op, template, bootstrap=3)
+            await op.scale(NAME, 3)
+            await eventually(lambda: op.replicas(NAME) == 3)
+            assert op.membership.calls == [("DELETE", "locks-4", 5), ("DELETE", "locks-3", 5)]
+            assert_resized_in_place(op, template, bootstrap=3)
+            assert env(op, "RAFT_INITIAL_VOTERS") == ",".join(ALL3)
+
+
+@pytest.mark.timeout(60)
+async def test_a_statefulset_built_before_the_record_keeps_its_pods_as_the_bootstrap_set(
+    op: Harness,
+) -> None:
+    legacy = build_statefulset(NAME, NAMESPACE, parse_spec({"role": "queue"}))
+    del legacy["metadata"]["annotations"]
+    op.server.objects["apps/v1/statefulsets", NAMESPACE, NAME] = legacy
+    await op.create(NAME, {"role": "queue", "replicas": 5})
+    await eventually(lambda: op.replicas(NAME) == 5)
+    statefulset = op.obj("apps/v1/statefulsets", NAME)
+    assert statefulset is not None
+    assert statefulset["metadata"]["annotations"][BOOTSTRAP] == "3"  # its pods, recorded
+    assert peers(op) == 3
+    template = op.template(NAME)
+    await op.scale(NAME, 1)
+    await eventually(lambda: op.replicas(NAME) == 1)
+    await ticks(op, 2)
+    assert op.template(NAME) == template
+    assert op.statefulset_patches(NAME)[-1] == ["/spec/replicas"]
