@@ -4,8 +4,9 @@
 # Creates a kind cluster, builds the node and operator images from Dockerfile.node and
 # loads them into it, installs the operator with its Helm chart, then for each sample
 # DistCluster (lock_manager, queue, cache): applies it, waits for condition Ready,
-# exercises the role's API through a port-forward across a pod deletion, scales it,
-# deletes it and checks that every child is gone. Finally uninstalls the chart and
+# exercises the role's API through a port-forward across a pod deletion, scales it up
+# and back down (no existing pod may restart; lock_manager voters follow), deletes it and
+# checks that every child is gone. Finally uninstalls the chart and
 # deletes the kind cluster (also when a step fails; KEEP_CLUSTER=1 keeps it to debug).
 #
 #   BASE_IMAGE        base of both images (default: Dockerfile.node's public slim image)
@@ -160,17 +161,50 @@ apply_sample() { # FILE NAME
     port_forward "$2"
 }
 
-scale_and_delete() { # NAME REPLICAS
-    kubectl -n "$namespace" scale "distcluster/$1" --replicas="$2"
+ready_replicas() { # NAME COUNT
     retry 240 test "$(kubectl -n "$namespace" get statefulset "$1" -o jsonpath='{.status.readyReplicas}')" = "$2" \
         || die "$1 did not reach $2 ready replicas"
     wait_ready "$1"
     [ "$(kubectl -n "$namespace" get distcluster "$1" -o jsonpath='{.status.readyReplicas}')" = "$2" ] \
         || die "$1 status does not show $2 ready replicas"
+}
+
+pod_uids() { # NAME: "name=uid" of the pods of the first ordinals, sorted
+    kubectl -n "$namespace" get pods -l "app.kubernetes.io/instance=$1,distcluster.io/workload=node" \
+        -o jsonpath='{range .items[*]}{.metadata.name}={.metadata.uid}{"\n"}{end}' | sort
+}
+
+voters() { # the number of Raft voters a lock_manager reports
+    api GET /raft/members | json_get voters | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'
+}
+
+# Scale up and back down through the scale subresource (kubectl scale), then delete.
+# A resize changes only the StatefulSet's replicas: the pods that were there before are
+# the same pods afterwards (same UIDs, never restarted); for a lock_manager the Raft
+# voters follow (added after the new pods start, removed before their pods go).
+scale_and_delete() { # NAME REPLICAS_UP REPLICAS_DOWN
+    local before after
+    before="$(pod_uids "$1")"
+    kubectl -n "$namespace" scale "distcluster/$1" --replicas="$2"
+    ready_replicas "$1" "$2"
+    if [ "$1" = locks ]; then
+        retry 120 test "$(voters)" = "$2" || die "locks: $(voters) voters after scaling to $2"
+    fi
+    kubectl -n "$namespace" scale "distcluster/$1" --replicas="$3"
+    retry 240 test "$(kubectl -n "$namespace" get statefulset "$1" -o jsonpath='{.status.replicas}')" = "$3" \
+        || die "$1 did not shrink to $3 replicas"
+    ready_replicas "$1" "$3"
+    if [ "$1" = locks ]; then
+        retry 120 test "$(voters)" = "$3" || die "locks: $(voters) voters after scaling to $3"
+    fi
+    after="$(pod_uids "$1")"
+    [ "$before" = "$after" ] || die "$1: pods were recreated by the resize:
+before: $before
+after:  $after"
     stop_port_forward
     kubectl -n "$namespace" delete distcluster "$1" --wait=true
     retry 120 children_gone "$1" || die "children of $1 are left after its deletion"
-    say "$1: scaled to $2, deleted, every child gone"
+    say "$1: scaled to $2 and back to $3 without restarting a pod, deleted, every child gone"
 }
 
 # --- lock_manager: a lock and its token survive the deletion of the leader's pod -------------
@@ -189,7 +223,7 @@ refused="$(api POST /lock/acquire '{"resource":"e2e","owner":"other","mode":"exc
 [ "$(echo "$refused" | json_get error.code)" = "locked" ] || die "a held lock was granted again: $refused"
 new_leader="$(kubectl -n "$namespace" get distcluster locks -o jsonpath='{.status.leader}')"
 say "locks: token $token survived the deletion of $leader (leader now $new_leader)"
-scale_and_delete locks 5
+scale_and_delete locks 5 3
 
 # --- queue: nothing acknowledged is lost across the deletion of the topic owner's pod --------
 
@@ -215,7 +249,7 @@ while [ "$got" -lt 20 ] && [ "$SECONDS" -lt "$deadline" ]; do
 done
 [ "$got" -ge 20 ] || die "consumed $got of 20 acknowledged messages after the owner's pod was deleted"
 say "queue: all 20 acknowledged messages consumed after the deletion of $owner"
-scale_and_delete queue 4
+scale_and_delete queue 5 3
 
 # --- cache: a write through one pod is seen through every pod -------------------------------
 
@@ -230,6 +264,6 @@ for pod in $(kubectl -n "$namespace" get pods -l app.kubernetes.io/instance=cach
     [ "$value" = "v2" ] || die "${pod#pod/} serves '$value' after a PUT of v2"
 done
 say "cache: every pod serves the latest value"
-scale_and_delete cache 5
+scale_and_delete cache 5 3
 
 say "all scenarios passed"
