@@ -1,7 +1,7 @@
 """Cache hit ratio, throughput and latency on a Zipf workload, against a pass-through run.
 
 `python -m bench.cache_bench [--duration S] [--quick]` starts its own Redis (AOF,
-appendfsync everysec) and two 3-node cache clusters on free ports sharing that Redis
+appendfsync everysec) and three 3-node cache clusters on free ports sharing that Redis
 (each under its own cluster name, so its own keys), then prints one JSON document on
 stdout (progress goes to stderr). One uvloop client process, aiohttp keep-alive.
 
@@ -10,23 +10,27 @@ Workload (issue 4): 10,000 keys `k0..k9999`, key rank drawn from a Zipf law (s =
 node i % 3. Every client draws from its own seeded generator, so every run replays the
 same per-client sequences (each run uses a prefix, as long as it had time for). The keys
 are preloaded, straight into Redis in the cache store's layout (`val`, `ver` = 1), so
-both clusters start empty over the same data: preloading by 10,000 PUTs through the
+the clusters start empty over the same data: preloading by 10,000 PUTs through the
 cluster took about 90 s on the 2-core machine.
 
-Both clusters run at the same time and are measured in turn: an unmeasured warm-up of
+The clusters run at the same time and are measured in turn: an unmeasured warm-up of
 `WARMUP_S` each, then `ROUNDS` rounds of one segment per cluster, `--duration / ROUNDS`
 seconds each; each client's op stream goes on from segment to segment. Measuring the two
 one after the other made their ratio depend on whatever else the machine was doing in
 each half (two runs on a shared 2-core box gave 2.2 and 1.1); alternating segments puts
-such load on both alike. Hit ratio and the other node counters are the differences of
+such load on all alike. Hit ratio and the other node counters are the differences of
 `/cache/stats`, summed over the three nodes, across the measured segments.
 
-Three measurements:
+Four measurements:
 
-* `cached`: `CACHE_CAPACITY=1000` on every node (the issue's setting).
+* `cached`: `CACHE_CAPACITY=1000` on every node (the issue's setting), client i on node
+  i % 3 whatever the key: MESI at work (copies on several nodes, invalidations).
+* `home_routed`: a third cluster like `cached`, but each client sends every request to
+  the key's home (learned once per key from `GET /ring?key=`, as a client library would):
+  each key lives on one node, so the three nodes' capacities add up.
 * `pass_through`: the same nodes with `CACHE_CAPACITY=1`, so in effect every read misses
   and goes through the key's home to Redis: the cost of the same HTTP path with no cache.
-* `raw_redis` (after both): redis.asyncio GET/SET against the same Redis, the same trace
+* `raw_redis` (after the clusters): redis.asyncio GET/SET against the same Redis, the same trace
   and client count; a reference for what a client would get with no cache tier at all.
 
 `hit_ratio` counts reads served from the node's own copy; `reads_from_redis_fraction`
@@ -40,7 +44,9 @@ sequences interleaved round-robin) through one in-process LRU of one node's capa
 the issue's target is a cluster hit ratio within 5 points of it.
 `reference_coherent_hit_ratio` replays the same ops through an ideal 3-node coherent
 cache (an LRU per node, invalidation on writes, nothing else): what MESI over three
-nodes can reach at best on this trace.
+nodes can reach at best on this trace. `reference_home_routed_hit_ratio` replays the
+home-routed run's ops through one LRU per home, and `home_routed_reference_lru_hit_ratio`
+the same ops through one LRU of one node's capacity (the target's reference for that run).
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -211,13 +217,23 @@ def reference_coherent_hit_ratio(trace: list[list[Op]], capacity: int) -> float:
 
 def reference_lru_hit_ratio(trace: list[list[Op]], capacity: int) -> float:
     """Hit ratio of reads replaying the clients' ops round-robin through one LRU."""
-    lru: OrderedDict[int, None] = OrderedDict()
+    return reference_routed_hit_ratio(trace, capacity, lambda key: "")
+
+
+def reference_routed_hit_ratio(
+    trace: list[list[Op]], capacity: int, home_of: Callable[[int], str]
+) -> float:
+    """Hit ratio of reads replaying the clients' ops round-robin through one LRU of
+    `capacity` per home, every key on its home's LRU only: what home-routed clients can
+    reach at best (one home for every key: one LRU)."""
+    lrus: dict[str, OrderedDict[int, None]] = {}
     hits = reads = 0
     for step in itertools.zip_longest(*trace):
         for op in step:
             if op is None:
                 continue
             is_write, key = op
+            lru = lrus.setdefault(home_of(key), OrderedDict())
             if not is_write:
                 reads += 1
                 hits += key in lru
@@ -238,8 +254,11 @@ class ClusterCache:
         self.session = session
         self.urls = urls
 
+    def url_for(self, index: int, key: int) -> str:
+        return f"{self.urls[index % len(self.urls)]}/cache/{key_name(key)}"
+
     async def get(self, index: int, key: int) -> bool:
-        url = f"{self.urls[index % len(self.urls)]}/cache/{key_name(key)}"
+        url = self.url_for(index, key)
         try:
             async with self.session.get(url) as resp:
                 await resp.read()
@@ -248,7 +267,7 @@ class ClusterCache:
             return False
 
     async def put(self, index: int, key: int, value: str) -> bool:
-        url = f"{self.urls[index % len(self.urls)]}/cache/{key_name(key)}"
+        url = self.url_for(index, key)
         try:
             async with self.session.put(url, json={"value": value}) as resp:
                 await resp.read()
@@ -265,6 +284,28 @@ class ClusterCache:
             for name in STAT_COUNTERS:
                 total[name] += int(body.get(name, 0))
         return total
+
+
+class HomeRoutedCache(ClusterCache):
+    """The same requests, each sent to its key's home (learned once per key from
+    `GET /ring?key=`, as a client library would cache it): every key lives in one node's
+    memory, so the three capacities add up and writes invalidate nobody."""
+
+    def __init__(self, session: aiohttp.ClientSession, urls: dict[str, str]) -> None:
+        super().__init__(session, list(urls.values()))
+        self.by_id = urls
+        self.home_url: dict[int, str] = {}
+
+    async def resolve(self) -> None:
+        """Every key's home, asked of the first node (the nodes' rings agree)."""
+        first = self.urls[0]
+        for key in range(KEYS):
+            async with self.session.get(f"{first}/ring", params={"key": key_name(key)}) as r:
+                body = await r.json(content_type=None)
+            self.home_url[key] = self.by_id[body["home"]]
+
+    def url_for(self, index: int, key: int) -> str:
+        return f"{self.home_url[key]}/cache/{key_name(key)}"
 
 
 class RawRedis:
@@ -375,34 +416,42 @@ def run_report(
     return report
 
 
-async def interleaved(workdir: Path, redis_url: str, duration_s: float) -> tuple[Side, Side]:
-    """Both clusters up at once, measured in alternating segments, so that load from
-    anything else on the machine falls on both alike."""
-    specs = (("cached", CAPACITY), ("pass", PASS_THROUGH_CAPACITY))
+SIDES = (("cached", CAPACITY, False), ("home_routed", CAPACITY, True),
+         ("pass", PASS_THROUGH_CAPACITY, False))  # fmt: skip
+
+
+async def interleaved(workdir: Path, redis_url: str, duration_s: float) -> dict[str, Side]:
+    """Every cluster up at once, measured in alternating segments, so that load from
+    anything else on the machine falls on all alike."""
     clusters: list[LocalCluster] = []
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=30)
     try:
-        for name, cap in specs:
-            await preload_redis(redis_url, f"bench-{name}")
+        for name, cap, _ in SIDES:
+            cluster_name = "bench-" + name.replace("_", "-")
+            await preload_redis(redis_url, cluster_name)
             cluster = await asyncio.to_thread(
-                start_cluster, workdir / name, redis_url, cap, f"bench-{name}"
+                start_cluster, workdir / name, redis_url, cap, cluster_name
             )
             clusters.append(cluster)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            sides = [
-                Side(name, cap, ClusterCache(session, list(cluster.urls.values())))
-                for (name, cap), cluster in zip(specs, clusters, strict=True)
-            ]
             await asyncio.sleep(1.0)  # let heartbeats settle the rings
-            for side in sides:
+            sides: dict[str, Side] = {}
+            for (name, cap, routed), cluster in zip(SIDES, clusters, strict=True):
+                if routed:
+                    cache: ClusterCache = HomeRoutedCache(session, dict(cluster.urls))
+                    await cast(HomeRoutedCache, cache).resolve()
+                else:
+                    cache = ClusterCache(session, list(cluster.urls.values()))
+                sides[name] = Side(name, cap, cache)
+            for side in sides.values():
                 await side.clients.run(side.cache.get, side.cache.put, WARMUP_S, None)
             for _ in range(ROUNDS):
-                for side in sides:
+                for side in sides.values():
                     await side.segment(duration_s / ROUNDS)
     finally:
         await asyncio.gather(*(asyncio.to_thread(c.stop) for c in clusters))
-    return sides[0], sides[1]
+    return sides
 
 
 async def raw_run(redis_url: str, duration_s: float) -> dict[str, Any]:
@@ -427,13 +476,16 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     started = time.monotonic()
     try:
         log(
-            f"cached (capacity {CAPACITY}) and pass-through (capacity {PASS_THROUGH_CAPACITY})"
-            f" clusters, {WARMUP_S} s warm-up each, then {ROUNDS} alternating segments of "
-            f"{duration_s / ROUNDS} s each"
+            f"cached and home-routed (capacity {CAPACITY}) and pass-through (capacity "
+            f"{PASS_THROUGH_CAPACITY}) clusters, {WARMUP_S} s warm-up each, then {ROUNDS} "
+            f"alternating segments of {duration_s / ROUNDS} s each"
         )
-        cached_side, passing_side = await interleaved(workdir, redis.url, duration_s)
-        cached, passing = cached_side.report(), passing_side.report()
-        trace = cached_side.measure
+        sides = await interleaved(workdir, redis.url, duration_s)
+        cached, passing = sides["cached"].report(), sides["pass"].report()
+        routed_side = sides["home_routed"]
+        routed = routed_side.report()
+        trace = sides["cached"].measure
+        homes = cast(HomeRoutedCache, routed_side.cache).home_url
         log("raw Redis GET/SET run")
         raw = await raw_run(redis.url, duration_s)
     finally:
@@ -452,13 +504,23 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "segments": ROUNDS,
         },
         "cached": cached,
+        "home_routed": routed,
         "pass_through": passing,
         "raw_redis": raw,
         "reference_lru_hit_ratio": round(reference_lru_hit_ratio(trace.trace, CAPACITY), 4),
         "reference_coherent_hit_ratio": round(
             reference_coherent_hit_ratio(trace.trace, CAPACITY), 4
         ),
+        "reference_home_routed_hit_ratio": round(
+            reference_routed_hit_ratio(routed_side.measure.trace, CAPACITY, homes.__getitem__), 4
+        ),
+        "home_routed_reference_lru_hit_ratio": round(
+            reference_lru_hit_ratio(routed_side.measure.trace, CAPACITY), 4
+        ),
         "read_ops_ratio_vs_pass_through": ratio(cached["gets_per_s"], passing["gets_per_s"]),
+        "home_routed_read_ops_ratio_vs_pass_through": ratio(
+            routed["gets_per_s"], passing["gets_per_s"]
+        ),
         "ops_ratio_vs_pass_through": ratio(cached["ops_per_s"], passing["ops_per_s"]),
         "ops_ratio_vs_raw_redis": ratio(cached["ops_per_s"], raw["ops_per_s"]),
         "wall_s": round(time.monotonic() - started, 1),

@@ -83,3 +83,26 @@ async def test_capacity_pressure(tmp_path: Path) -> None:
         text = await metrics.text()
         assert "distcluster_cache_evictions_total" in text
         assert "distcluster_cache_get_seconds_bucket" in text
+
+
+async def test_ring_names_one_home_and_home_routing_keeps_one_copy(tmp_path: Path) -> None:
+    async with cache_cluster(tmp_path) as c:
+        keys = [f"route{i}" for i in range(30)]
+        homes: dict[str, str] = {}
+        for key in keys:
+            answers = {(await c.call(n, "GET", f"/ring?key={key}")).field("home") for n in c.ids}
+            assert len(answers) == 1, (key, answers)
+            homes[key] = answers.pop()
+        assert set(homes.values()) == set(c.ids)  # 30 keys spread over all three homes
+        for key, home in homes.items():
+            assert (await c.put(home, key, f"v-{key}")).status == 200
+            got = await c.get(home, key)
+            assert got.field("value") == f"v-{key}"
+        for node in c.ids:
+            lines = await c.lines(node)
+            held = {k for k in keys if k in lines}
+            assert held == {k for k, h in homes.items() if h == node}, (node, held)
+        ring = await c.call("node1", "GET", "/ring")
+        assert ring.status == 200 and sorted(ring.field("members")) == sorted(c.ids)
+        bad = await c.call("node1", "GET", "/ring?key=bad%20key")
+        assert bad.status == 400 and bad.code == "bad_request"

@@ -8,7 +8,8 @@ Client endpoints: ``GET /cache/{key}`` -> ``{key, value, state}`` (404 ``not_fou
 ``PUT /cache/{key}`` ``{"value": "<string>"}`` -> ``{key, value, version, state}``, which
 answers only once every other copy acked its invalidation or its lease ran out, and the
 value is in Redis; ``DELETE /cache/{key}`` -> ``{key, deleted, version}``;
-``GET /cache/stats``; ``GET /cache/lines``. The keys ``stats`` and ``lines`` are reserved
+``GET /cache/stats``; ``GET /cache/lines``; ``GET /ring`` (``?key=`` -> ``{key, home,
+members}``, the key's home). The keys ``stats`` and ``lines`` are reserved
 (a PUT or DELETE of them is 400 ``reserved_key``): their GET would reach the debug routes.
 
 Node-to-node (all POST, JSON): ``/cache/home/read`` ``{key, node}`` and
@@ -242,6 +243,7 @@ class CacheNode(BaseNode):
             web.post("/cache/bus_read", self._bus_read),
             web.post("/cache/invalidate", self._invalidate),
             web.post("/cache/heartbeat", self._heartbeat),
+            web.get("/ring", self._ring),
         ]
 
     def operations(self) -> list[Operation]:
@@ -259,6 +261,7 @@ class CacheNode(BaseNode):
             Operation("post", "/cache/bus_read", "Supply a line", m.BusRead, None, {}),
             Operation("post", "/cache/invalidate", "Drop a line", m.Invalidate, None, {}),
             Operation("post", "/cache/heartbeat", "Node-to-node heartbeat", Heartbeat, None, {}),
+            Operation("get", "/ring", "Ring members, or ?key= home", None, None, {400: "bad key"}),
         ]
 
     # -- client endpoints ----------------------------------------------------------------
@@ -284,6 +287,19 @@ class CacheNode(BaseNode):
             stored = self._install(ticket, line, reply)
             shown = stored.state if stored is not None else MesiState.I
             return json_response({"key": key, "value": value, "state": shown.value})
+
+    async def _ring(self, request: web.Request) -> web.Response:
+        """The ring as this node sees it, or with ``?key=`` the key's home: a client that
+        sends each key to its home keeps every key in one node's memory (no copies, no
+        invalidations), so the nodes' capacities add up."""
+        key = request.query.get("key")
+        if key is None:
+            return json_response(self.view.describe())
+        problem = m.key_problem(key)
+        if problem is not None:
+            raise ApiError(400, "bad_request", problem)
+        body = {"key": key, "home": self.view.owner(key), "members": self.view.ring.members}
+        return json_response(body)
 
     async def _put(self, request: web.Request) -> web.Response:
         key = _path_key(request)
