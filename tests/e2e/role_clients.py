@@ -13,6 +13,7 @@ import http.client
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -147,6 +148,7 @@ class Targets:
     def __init__(self, nodes: Sequence[str]) -> None:
         self._nodes = list(nodes)
         self._lock = threading.Lock()
+        self.served: Counter[str] = Counter()  # successful operations, by node asked
 
     def add(self, nodes: Sequence[str]) -> None:
         with self._lock:
@@ -159,6 +161,16 @@ class Targets:
     def pick(self, rng: random.Random) -> str:
         with self._lock:
             return rng.choice(self._nodes)
+
+    def count(self, node: str) -> None:
+        """``node`` answered an operation successfully."""
+        with self._lock:
+            self.served[node] += 1
+
+    def served_each(self, nodes: Sequence[str], least: int) -> bool:
+        """Whether each of ``nodes`` answered at least ``least`` operations successfully."""
+        with self._lock:
+            return all(self.served[node] >= least for node in nodes)
 
 
 class Traffic:
@@ -190,9 +202,12 @@ class Traffic:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Stop the clients; a client's failure is raised (chained to any failure of the
+        scenario itself, which may only be a consequence of it)."""
         self._stopping.set()
         for thread in self._threads:
             thread.join(timeout=120)
+        self.raise_errors()
 
     def _run(self, client: int) -> None:
         rng = random.Random(client)
@@ -209,16 +224,20 @@ class Traffic:
     def wait_steps(self, more: int, timeout_s: float = 120) -> None:
         """Wait until ``more`` further steps succeeded (fails at once if a client failed)."""
         target = self.done + more
+        self.wait_until(f"{more} more steps", lambda: self.done >= target, timeout_s)
+
+    def wait_until(self, what: str, condition: Callable[[], bool], timeout_s: float = 120) -> None:
+        """Wait until ``condition()`` holds while the clients run; fails at once if one
+        of them failed."""
         deadline = time.monotonic() + timeout_s
-        while self.done < target:
+        while not condition():
             self.raise_errors()
             if time.monotonic() > deadline:
-                raise E2EError(f"{self.name}: not {more} more steps within {timeout_s:.0f} s")
+                raise E2EError(f"{self.name}: not {what} within {timeout_s:.0f} s")
             time.sleep(0.2)
 
     def stop(self) -> None:
         self.__exit__()
-        self.raise_errors()
 
     def raise_errors(self) -> None:
         if self._errors:

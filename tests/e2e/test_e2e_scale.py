@@ -102,8 +102,9 @@ class LockClients:
             "ttl_ms": LOCK_TTL_MS,
             "wait_ms": 5_000,
         }
+        node = self.targets.pick(rng)
         try:
-            reply = self.cluster.post(self.targets.pick(rng), "/lock/acquire", request)
+            reply = self.cluster.post(node, "/lock/acquire", request)
         except TRANSIENT:
             time.sleep(0.2)
             return False
@@ -112,7 +113,8 @@ class LockClients:
             time.sleep(0.1)
             return False
         if reply.status != 200:
-            raise E2EError(f"acquire as {owner}: {reply.status} {reply.body}")
+            raise E2EError(f"acquire as {owner} via {node}: {reply.status} {reply.body}")
+        self.targets.count(node)
         time.sleep(0.02)  # the critical section
         released_s = time.time()
         self.release(rng, owner, int(reply.body["token"]))
@@ -135,17 +137,6 @@ class LockClients:
             time.sleep(0.2)
         raise E2EError(f"release by {owner} not answered within 60 s")
 
-    def check(self) -> None:
-        """At most one holder at any moment, and tokens rising in the order of grants."""
-        free_by_s = 0.0
-        last: Grant | None = None
-        for grant in sorted(self.grants, key=lambda g: g.granted_s):
-            if last is not None and grant.granted_s < free_by_s:
-                raise E2EError(f"double grant: {grant} while {last} may still hold")
-            if last is not None and grant.token <= last.token:
-                raise E2EError(f"fencing token went back: {last} then {grant}")
-            free_by_s, last = max(free_by_s, grant.free_by_s), grant
-
 
 def wait_voters(cluster: ComposeCluster, nodes: Sequence[str], voters: set[str]) -> None:
     """Until every node in ``nodes`` has committed exactly ``voters`` and no learner."""
@@ -161,6 +152,28 @@ def wait_voters(cluster: ComposeCluster, nodes: Sequence[str], voters: set[str])
         return True
 
     wait_for(f"voters {sorted(voters)} committed on {list(nodes)}", settled, 60)
+
+
+def check_exclusive(grants: Sequence[Grant]) -> None:
+    """At most one holder at any moment, and tokens rising in the order of the grants."""
+    free_by_s = 0.0
+    last: Grant | None = None
+    for grant in sorted(grants, key=lambda g: g.granted_s):
+        if last is not None and grant.granted_s < free_by_s:
+            raise E2EError(f"double grant: {grant} while {last} may still hold")
+        if last is not None and grant.token <= last.token:
+            raise E2EError(f"fencing token went back: {last} then {grant}")
+        free_by_s, last = max(free_by_s, grant.free_by_s), grant
+
+
+def test_the_lock_check_catches_overlaps_and_tokens_going_back() -> None:
+    """Forged histories: the check passes a clean one and fails each kind of violation."""
+    first, second = Grant("a", 1, 10.0, 10.5), Grant("b", 2, 10.6, 11.0)
+    check_exclusive([second, first])
+    with pytest.raises(E2EError, match="double grant"):
+        check_exclusive([first, Grant("b", 2, 10.4, 11.0)])
+    with pytest.raises(E2EError, match="token went back"):
+        check_exclusive([first, Grant("b", 1, 10.6, 11.0)])
 
 
 def change_membership(cluster: ComposeCluster, method: str, path: str, body: Any) -> None:
@@ -209,7 +222,7 @@ def test_lock_workers_join_and_leave_without_double_grant(
         for worker in workers:
             cluster.wait_ready(worker, timeout_s=60)
         targets.add(workers)
-        traffic.wait_steps(20)
+        traffic.wait_until("grants through each worker", lambda: targets.served_each(workers, 5))
 
         # Out of Raft first, then the containers go; the three nodes go on alone.
         targets.remove(workers)
@@ -220,7 +233,7 @@ def test_lock_workers_join_and_leave_without_double_grant(
         wait_discovered(cluster, workers, present=False)
         traffic.wait_steps(10)
         traffic.stop()
-    clients.check()
+    check_exclusive(clients.grants)
     assert len(clients.grants) >= 40
     wait_for("a leader among node1..3", lambda: leader_among(cluster, NODES), 60)
 
@@ -367,25 +380,23 @@ class CacheClients:
     targets: Targets
     writers: int
     committed: dict[str, int] = field(default_factory=dict)
-    reads: int = 0
     _mutex: threading.Lock = field(default_factory=threading.Lock)
 
     def write(self, client: int, rng: random.Random) -> bool:
-        key = rng.choice(KEYS[client :: self.writers])
+        key, node = rng.choice(KEYS[client :: self.writers]), self.targets.pick(rng)
         with self._mutex:
             version = self.committed.get(key, 0) + 1
         try:
-            reply = self.cluster.call(
-                self.targets.pick(rng), "PUT", f"/cache/{key}", {"value": version}
-            )
+            reply = self.cluster.call(node, "PUT", f"/cache/{key}", {"value": str(version)})
         except TRANSIENT:
             return False
         if reply.status == 503:
             return False
         if reply.status != 200:
-            raise E2EError(f"PUT {key}={version}: {reply.status} {reply.body}")
+            raise E2EError(f"PUT {key}={version} via {node}: {reply.status} {reply.body}")
         with self._mutex:
             self.committed[key] = version
+        self.targets.count(node)
         return True
 
     def read(self, client: int, rng: random.Random) -> bool:
@@ -401,14 +412,13 @@ class CacheClients:
             return False
         if reply.status == 404 and floor is None:
             return True
-        value = reply.field("value") if reply.status == 200 else None
+        value = int(reply.field("value")) if reply.status == 200 else None
         if floor is not None and (value is None or value < floor):
             raise E2EError(
                 f"stale read of {key} via {node}: {reply.status} {reply.body} after "
                 f"PUT {floor} had returned"
             )
-        with self._mutex:
-            self.reads += 1
+        self.targets.count(node)
         return True
 
 
@@ -434,8 +444,7 @@ def test_cache_workers_join_and_leave_without_stale_reads(
         # The workers join every ring: some keys get a worker as their home, and reads
         # and writes go through the workers too.
         workers = workers_join_rings(cluster, targets, cache_ring)
-        writers.wait_steps(40)
-        readers.wait_steps(40)
+        readers.wait_until("each worker serving", lambda: targets.served_each(workers, 20))
 
         # They leave: their keys get a home on node1..3 again, nothing older is read.
         workers_leave_rings(cluster, targets, workers, cache_ring)
@@ -454,7 +463,7 @@ def wait_reads(cluster: ComposeCluster, node: str, key: str, version: int) -> No
 
     def answered() -> bool:
         reply = cluster.get(node, f"/cache/{key}")
-        if reply.status == 200 and reply.body["value"] != version:
+        if reply.status == 200 and reply.body["value"] != str(version):
             raise AssertionError(f"{node} reads {key}={reply.body}, last PUT was {version}")
         return reply.status == 200
 
