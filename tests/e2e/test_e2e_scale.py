@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,6 +234,7 @@ def test_lock_workers_join_and_leave_without_double_grant(
         wait_discovered(cluster, workers, present=False)
         traffic.wait_steps(10)
         traffic.stop()
+    print(f"lock: {len(clients.grants)} grants, by node asked: {dict(targets.served)}")
     check_exclusive(clients.grants)
     assert len(clients.grants) >= 40
     wait_for("a leader among node1..3", lambda: leader_among(cluster, NODES), 60)
@@ -277,7 +279,12 @@ class QueueClients:
             topic = rng.choice(self.topics)
         try:
             got = consume_and_ack(
-                self.cluster, self.targets.pick(rng), topic, f"bg{client}", visibility_ms=5_000
+                self.cluster,
+                self.targets.pick(rng),
+                topic,
+                f"bg{client}",
+                visibility_ms=5_000,
+                ack_must_succeed=False,  # an unacked entry comes back after visibility_ms
             )
         except TRANSIENT:
             return False
@@ -358,6 +365,8 @@ def test_queue_workers_join_and_leave_losing_nothing(
         producers.wait_steps(10)
         producers.stop()
         consumers.stop()
+    counts = {topic: len(ids) for topic, ids in clients.published.items()}
+    print(f"queue: messages published per topic {counts}, owners seen {clients.owners}")
     assert set(workers) <= clients.owners, f"no publish was served by {workers}"
     for topic, published in clients.published.items():
         drain(cluster, NODES, topic, set(published), clients.seen.setdefault(topic, {}), 120)
@@ -380,7 +389,12 @@ class CacheClients:
     targets: Targets
     writers: int
     committed: dict[str, int] = field(default_factory=dict)
+    outcomes: Counter[str] = field(default_factory=Counter)  # "PUT 200": how many
     _mutex: threading.Lock = field(default_factory=threading.Lock)
+
+    def _saw(self, outcome: str) -> None:
+        with self._mutex:
+            self.outcomes[outcome] += 1
 
     def write(self, client: int, rng: random.Random) -> bool:
         key, node = rng.choice(KEYS[client :: self.writers]), self.targets.pick(rng)
@@ -388,8 +402,10 @@ class CacheClients:
             version = self.committed.get(key, 0) + 1
         try:
             reply = self.cluster.call(node, "PUT", f"/cache/{key}", {"value": str(version)})
-        except TRANSIENT:
+        except TRANSIENT as exc:
+            self._saw(f"PUT {type(exc).__name__}")
             return False
+        self._saw(f"PUT {reply.status}")
         if reply.status == 503:
             return False
         if reply.status != 200:
@@ -406,12 +422,14 @@ class CacheClients:
             floor = self.committed.get(key)
         try:
             reply = self.cluster.get(node, f"/cache/{key}")
-        except TRANSIENT:
+        except TRANSIENT as exc:
+            self._saw(f"GET {type(exc).__name__}")
             return False
+        self._saw(f"GET {reply.status}")
         if reply.status == 503:
             return False
-        if reply.status == 404 and floor is None:
-            return True
+        if reply.status not in (200, 404):
+            raise E2EError(f"GET {key} via {node}: {reply.status} {reply.body}")
         value = int(reply.field("value")) if reply.status == 200 else None
         if floor is not None and (value is None or value < floor):
             raise E2EError(
@@ -452,6 +470,8 @@ def test_cache_workers_join_and_leave_without_stale_reads(
         readers.wait_steps(20)
         writers.stop()
         readers.stop()
+    print(f"cache: {dict(clients.outcomes)}, last versions {clients.committed}")
+    print(f"cache: successful operations by node asked: {dict(targets.served)}")
     # Quiet again, every node reads the last version written of every key.
     for key, version in clients.committed.items():
         for node in NODES:
