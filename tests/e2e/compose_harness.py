@@ -10,6 +10,10 @@ A node cut off with `docker network disconnect` loses its published port too (th
 is forwarded over that network), so questions to such a node go through `docker exec`
 and the node's own loopback: the only way to see what a cut-off node would answer.
 
+The scalable `worker` service grows and shrinks with `scale(n)`, as a user would with
+`up -d --scale worker=N`; each replica is known by its NODE_ID (its container host name)
+and reached on the free host port compose published for it (`port --index`).
+
 Works with `docker compose` (v2) and `docker-compose` (1.29); `COMPOSE` in the
 environment picks one (`COMPOSE="docker-compose"`), else v2 is preferred when present.
 """
@@ -33,6 +37,7 @@ T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = ("node1", "node2", "node3")
+WORKER = "worker"
 INNER_PORT = 8000
 
 
@@ -113,6 +118,18 @@ def _decode(raw: bytes) -> Any:
         return raw.decode(errors="replace")
 
 
+def container_health(container: str) -> str:
+    """``healthy``, ``starting``, ``unhealthy``, ``none`` (no healthcheck) or ``stopped``."""
+    parsed = json.loads(run(["docker", "inspect", "-f", "{{json .State}}", container]))
+    if not parsed.get("Running"):
+        return "stopped"
+    return str(parsed.get("Health", {}).get("Status", "none"))
+
+
+def wait_container_healthy(what: str, container: str, timeout_s: float) -> None:
+    wait_for(f"{what} healthy", lambda: container_health(container) == "healthy", timeout_s)
+
+
 # Run inside a container whose network is cut: ask the node on its own loopback.
 _EXEC_CLIENT = """
 import json, sys, urllib.error, urllib.request
@@ -129,6 +146,16 @@ print(json.dumps({"status": status, "body": raw.decode()}))
 """
 
 
+@dataclass(frozen=True)
+class Worker:
+    """One replica of the `worker` service."""
+
+    number: int  # compose's replica number: worker_1, worker_2 ...
+    container: str
+    node_id: str  # its container host name, which the node takes as NODE_ID
+    port: int  # the host port published for its port 8000
+
+
 @dataclass
 class ComposeCluster:
     """One compose project of the repository's docker-compose.yml, for one role."""
@@ -139,6 +166,7 @@ class ComposeCluster:
     redis_image: str
     extra_env: Mapping[str, str] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    worker_ports: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.compose = compose_command()
@@ -183,14 +211,40 @@ class ComposeCluster:
         return cid.splitlines()[0]
 
     def health(self, service: str) -> str:
-        state = run(["docker", "inspect", "-f", "{{json .State}}", self.container(service)])
-        parsed = json.loads(state)
-        if not parsed.get("Running"):
-            return "stopped"
-        return str(parsed.get("Health", {}).get("Status", "none"))
+        return container_health(self.container(service))
 
     def wait_healthy(self, service: str, timeout_s: float = 60.0) -> None:
         wait_for(f"{service} healthy", lambda: self.health(service) == "healthy", timeout_s)
+
+    # -- the scalable worker service ---------------------------------------------------
+
+    def scale(self, replicas: int, timeout_s: float = 90.0) -> list[Worker]:
+        """Run ``replicas`` workers, waiting until each is healthy; node1..3 are left as
+        they are (`--no-recreate`), and when shrinking compose removes the highest
+        replica numbers."""
+        self.compose_run(
+            "up", "-d", "--no-build", "--no-recreate", "--scale", f"{WORKER}={replicas}"
+        )
+        workers = self.workers()
+        if len(workers) != replicas:
+            raise E2EError(f"asked for {replicas} workers, compose runs {workers}")
+        for worker in workers:
+            wait_container_healthy(f"{WORKER}_{worker.number}", worker.container, timeout_s)
+        self.worker_ports = {worker.node_id: worker.port for worker in workers}
+        return workers
+
+    def workers(self) -> list[Worker]:
+        """The replicas of the worker service, by replica number."""
+        found = []
+        for container in self.compose_run("ps", "-q", WORKER).split():
+            labels = '{{index .Config.Labels "com.docker.compose.container-number"}}'
+            number, hostname = run(
+                ["docker", "inspect", "-f", labels + " {{.Config.Hostname}}", container]
+            ).split()
+            address = self.compose_run("port", "--index", number, WORKER, str(INNER_PORT))
+            port = int(address.strip().rpartition(":")[2])
+            found.append(Worker(int(number), container, hostname, port))
+        return sorted(found, key=lambda worker: worker.number)
 
     # -- faults -----------------------------------------------------------------------
 
@@ -229,7 +283,9 @@ class ComposeCluster:
     # -- HTTP -------------------------------------------------------------------------
 
     def url(self, node: str, path: str) -> str:
-        return f"http://127.0.0.1:{self.ports[node]}{path}"
+        """``node`` is node1..node3 or a worker's node id."""
+        port = self.ports[node] if node in self.ports else self.worker_ports[node]
+        return f"http://127.0.0.1:{port}{path}"
 
     def call(self, node: str, method: str, path: str, body: Any = None) -> Reply:
         return http(method, self.url(node, path), body)

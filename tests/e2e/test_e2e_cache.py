@@ -3,12 +3,11 @@ the others stops serving the value it held, on a real Docker engine."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
-from compose_harness import NODES, ComposeCluster, E2EError, Reply, wait_for
+from compose_harness import NODES, ComposeCluster, wait_for
+from role_clients import put
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -19,18 +18,6 @@ def line_state(cluster: ComposeCluster, node: str, key: str) -> str | None:
     assert reply.status == 200, reply.body
     states = [line["state"] for line in reply.body["lines"] if line["key"] == key]
     return states[0] if states else None
-
-
-def put(cluster: ComposeCluster, node: str, key: str, value: Any, timeout_s: float = 30) -> Reply:
-    """PUT, retrying 503 (a write waits for a cut-off copy's lease, or for a new home)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        reply = cluster.call(node, "PUT", f"/cache/{key}", {"value": value})
-        if reply.status == 200:
-            return reply
-        if reply.status != 503 or time.monotonic() > deadline:
-            raise E2EError(f"PUT {key} via {node}: {reply.status} {reply.body}")
-        time.sleep(0.5)
 
 
 def test_coherence_across_nodes_and_a_cut(compose_cluster: Callable[[str], ComposeCluster]) -> None:

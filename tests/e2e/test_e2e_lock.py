@@ -8,26 +8,9 @@ from typing import Any
 
 import pytest
 from compose_harness import NODES, ComposeCluster, E2EError, wait_for
+from role_clients import leader_among, raft_status
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-
-
-def raft_status(cluster: ComposeCluster, node: str) -> dict[str, Any] | None:
-    try:
-        reply = cluster.get(node, "/raft/status")
-    except OSError:
-        return None
-    return reply.body if reply.status == 200 else None
-
-
-def leader_among(cluster: ComposeCluster, nodes: tuple[str, ...]) -> str | None:
-    """The leader every node in ``nodes`` agrees on, when it is one of them."""
-    statuses = [raft_status(cluster, node) for node in nodes]
-    leaders = {s["leader_id"] for s in statuses if s is not None}
-    if len(leaders) == 1 and None not in statuses:
-        leader = leaders.pop()
-        return leader if leader in nodes else None
-    return None
 
 
 def acquire(cluster: ComposeCluster, node: str, resource: str, owner: str) -> dict[str, Any]:

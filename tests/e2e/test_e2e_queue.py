@@ -3,12 +3,12 @@ the topic's owner and a restart of Redis (AOF), on a real Docker engine."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from compose_harness import NODES, ComposeCluster, E2EError, wait_for
+from compose_harness import NODES, ComposeCluster, E2EError
+from role_clients import drain, publish
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -23,59 +23,6 @@ def topic_not_owned_by(cluster: ComposeCluster, node: str) -> tuple[str, str]:
     raise E2EError(f"{node} owns every topic tried")
 
 
-def publish(
-    cluster: ComposeCluster, node: str, topic: str, bodies: list[Any], key: str
-) -> list[str]:
-    """Publish once, retrying only answers that are not 200 (same idempotency key)."""
-    body = {"topic": topic, "messages": bodies, "idempotency_key": key}
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            reply = cluster.post(node, "/queue/publish", body)
-        except OSError as exc:
-            reply = None
-            error: Any = exc
-        else:
-            error = reply.body
-            if reply.status == 200:
-                return list(reply.body["ids"])
-        if time.monotonic() > deadline:
-            raise E2EError(f"publish {key} via {node}: {error}")
-        time.sleep(0.5)
-
-
-def drain(
-    cluster: ComposeCluster, nodes: tuple[str, ...], topic: str, want: set[str]
-) -> dict[str, Any]:
-    """Consume and ack through ``nodes`` in turn until every id of ``want`` was seen."""
-    seen: dict[str, Any] = {}
-
-    def step() -> bool:
-        for index, node in enumerate(nodes):
-            request = {
-                "topic": topic,
-                "group": "e2e",
-                "consumer": f"c{index}",
-                "max": 100,
-                "visibility_ms": 60_000,
-                "block_ms": 200,
-            }
-            reply = cluster.post(node, "/queue/consume", request)
-            if reply.status != 200:
-                continue
-            ids = [m["id"] for m in reply.body["messages"]]
-            seen.update({m["id"]: m["body"] for m in reply.body["messages"]})
-            if ids:
-                acked = cluster.post(
-                    node, "/queue/ack", {"topic": topic, "group": "e2e", "ids": ids}
-                )
-                assert acked.status == 200, acked.body
-        return want <= seen.keys()
-
-    wait_for(f"every acknowledged message of {topic} consumed", step, 60, every_s=0.1)
-    return seen
-
-
 def test_no_acknowledged_message_lost(compose_cluster: Callable[[str], ComposeCluster]) -> None:
     cluster = compose_cluster("queue")
     for node in NODES:
@@ -85,7 +32,7 @@ def test_no_acknowledged_message_lost(compose_cluster: Callable[[str], ComposeCl
 
     def send(batch: int, size: int) -> None:
         bodies = [{"batch": batch, "n": n} for n in range(size)]
-        ids = publish(cluster, "node2", topic, bodies, key=f"batch-{batch}")
+        ids = publish(cluster, "node2", topic, bodies, key=f"batch-{batch}")["ids"]
         assert len(ids) == size
         published.update(zip(ids, bodies, strict=True))
 

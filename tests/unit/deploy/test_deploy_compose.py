@@ -6,6 +6,7 @@ default changed in one place only, fails here instead of surprising a compose us
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,10 @@ import yaml
 from distcluster_worker.cache_role.settings import ENV_PREFIX as CACHE_PREFIX
 from distcluster_worker.cache_role.settings import CacheSettings
 from distcluster_worker.lock_role.settings import ENV_PREFIX as LOCK_PREFIX
-from distcluster_worker.lock_role.settings import LockRoleSettings
+from distcluster_worker.lock_role.settings import LockRoleSettings, load_lock_settings
 from distcluster_worker.queue_role.settings import ENV_PREFIX as QUEUE_PREFIX
 from distcluster_worker.queue_role.settings import QueueSettings
-from distcluster_worker.shell.config import Settings
+from distcluster_worker.shell.config import Settings, host_node_id, load_settings
 
 REPO = Path(__file__).resolve().parents[3]
 PER_CONTAINER = {"NODE_ID", "HOST", "PORT"}
@@ -31,6 +32,7 @@ COMPOSE_ONLY = {
     "NODE1_PORT",
     "NODE2_PORT",
     "NODE3_PORT",
+    "WORKER_REPLICAS",
 }
 # Defaults that differ on purpose under compose: peers and Redis by service name.
 COMPOSE_DEFAULTS = {
@@ -95,7 +97,7 @@ def test_compose_sets_every_node_setting_from_env(compose: dict[str, Any]) -> No
 
 def test_compose_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "node1", "node2", "node3"}
+    assert set(services) == {"redis", "node1", "node2", "node3", "worker"}
     redis = services["redis"]
     assert "--appendonly" in redis["command"] and "redis_data:/data" in redis["volumes"]
     assert redis["healthcheck"]["test"][-1] == "ping"
@@ -108,6 +110,52 @@ def test_compose_services(compose: dict[str, Any]) -> None:
         assert node["build"]["dockerfile"] == "Dockerfile.node"
     assert compose["networks"]["dist_net"]["driver"] == "bridge"
     assert "version" not in compose  # both compose v2 and 1.29 read the spec format
+
+
+def test_worker_service_scales_from_zero_and_joins(compose: dict[str, Any]) -> None:
+    """`docker compose up -d` still runs node1..3 alone; `--scale worker=N` adds nodes that
+    take their id and URL from the container host name, publish 8000 on a free host port
+    and join the lock cluster instead of bootstrapping one of their own."""
+    worker, node1 = compose["services"]["worker"], compose["services"]["node1"]
+    assert worker["deploy"] == {"replicas": "${WORKER_REPLICAS:-0}"}
+    assert env_example()["WORKER_REPLICAS"] == "0"
+    assert worker["ports"] == ["8000"]
+    assert "hostname" not in worker and "container_name" not in worker
+    for key in ("image", "build", "depends_on", "networks", "restart", "healthcheck"):
+        assert worker[key] == node1[key], key
+    environment = worker["environment"]
+    assert environment["NODE_ID"] == "" and environment["ADVERTISE_URL"] == "${ADVERTISE_URL:-}"
+    assert environment["RAFT_JOIN"] == "auto"
+    peers = dict(item.split("=") for item in COMPOSE_DEFAULTS["PEERS"].split(","))
+    default_voters = ",".join(sorted(peers))
+    assert environment["RAFT_INITIAL_VOTERS"] == f"${{RAFT_INITIAL_VOTERS:-{default_voters}}}"
+    own = {"NODE_ID", "RAFT_JOIN", "RAFT_INITIAL_VOTERS"}
+    anchor = compose["x-node-environment"]
+    assert {k: v for k, v in environment.items() if k not in own} == {
+        k: v for k, v in anchor.items() if k not in own
+    }
+
+
+def test_worker_settings_load_with_the_host_name_as_node_id() -> None:
+    """The worker's environment as compose passes it: empty NODE_ID is the host name, and
+    a worker outside the bootstrap voters starts in join mode."""
+    env = {
+        "NODE_ID": "",
+        "HOST": "0.0.0.0",
+        "PORT": "8000",
+        "PEERS": COMPOSE_DEFAULTS["PEERS"],
+        "ADVERTISE_URL": "",
+        "RAFT_JOIN": "auto",
+        "RAFT_INITIAL_VOTERS": "node1,node2,node3",
+    }
+    settings = load_settings(env)
+    assert settings.node_id == host_node_id()
+    assert settings.advertised_url == f"http://{socket.gethostname()}:8000"
+    lock = load_lock_settings(env)
+    voters = lock.bootstrap_voters(settings.node_id, settings.peer_urls)
+    assert voters == ("node1", "node2", "node3")
+    assert lock.joins(settings.node_id, voters, empty=True)
+    assert not lock.joins("node2", voters, empty=True)
 
 
 def test_peers_default_names_every_node_service(compose: dict[str, Any]) -> None:
