@@ -113,6 +113,7 @@ class CacheNode(BaseNode):
             interval_ms=self.c.heartbeat_ms,
             incarnation=incarnation,
             on_changes=self._changed,
+            on_ack=self._acked,
         )
         times = HomeTimes(
             lease_ms=self.c.lease_ms,
@@ -129,6 +130,7 @@ class CacheNode(BaseNode):
             store=self._store,
             send=self._send,
             owns=lambda key: self.view.owner(key) == me,
+            peers=lambda: self.view.ring.members,
         )
         self._tasks = [
             asyncio.create_task(self._beats.run(), name="cache-heartbeats"),
@@ -145,8 +147,17 @@ class CacheNode(BaseNode):
                 await task
         self._tasks = []
 
+    def on_leaving(self) -> None:
+        if self._home is not None:
+            self._home.leave()
+
     def role_state(self) -> dict[str, Any]:
-        return {"membership": self.view.membership.snapshot(), "ring": self.view.ring.members}
+        unacked = self._home.unacked() if self._home is not None else []
+        return {
+            "membership": self.view.membership.snapshot(),
+            "ring": self.view.ring.members,
+            "grace_waits_for": unacked,
+        }
 
     # -- membership and time -------------------------------------------------------------
 
@@ -173,6 +184,10 @@ class CacheNode(BaseNode):
             )
         if changes.ring_changed and self._home is not None:
             self._home.start_grace()
+
+    def _acked(self, peer: str, sent_ms: int) -> None:
+        if self._home is not None:
+            self._home.acked(peer, sent_ms)
 
     def on_peers_changed(self, change: Diff) -> None:
         self._changed(self.view.discovered(change, self._mono_ms()))
