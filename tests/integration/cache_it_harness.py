@@ -32,6 +32,7 @@ from lock_it_harness import (
     log_tails,
     wait_for,
 )
+from tcp_proxy import TcpProxy
 
 from distcluster_worker.ring import HashRing
 from distcluster_worker.runner.cluster import free_port, node_env
@@ -213,18 +214,40 @@ class CacheCluster:
 
     # -- scaling ---------------------------------------------------------------------
 
-    async def add_node(self, node: str) -> None:
+    async def add_node(
+        self,
+        node: str,
+        *,
+        proxied: bool = False,
+        cut: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         """Start one more node (PEERS: the nodes there now, at their own ports); the others
-        learn it through the registry. Waits until it answers /health."""
+        learn it through the registry. Waits until it answers /health.
+
+        `proxied`: every link out of it (its PEERS) and into it (its ``ADVERTISE_URL``, which
+        the others learn from the registry) goes through a proxy of `mesh`, so that
+        ``mesh.isolate(node)`` cuts it off (clients still reach it directly); `cut` starts
+        it cut off already."""
         if self.workdir is None:
             raise RuntimeError("this cluster was not built by cache_cluster()")
         port = free_port()
         peers = {n: url.removeprefix("http://") for n, url in self.urls.items()}
-        env = node_env(
+        extra = {**self.env, **(env or {})}
+        if proxied:
+            for peer, address in peers.items():
+                link = TcpProxy("127.0.0.1", int(address.rsplit(":", 1)[1])).start()
+                self.mesh.links[(node, peer)] = link
+                peers[peer] = link.address
+            inbound = self.mesh.links[("*", node)] = TcpProxy("127.0.0.1", port).start()
+            extra["ADVERTISE_URL"] = f"http://{inbound.address}"
+            if cut:
+                self.mesh.isolate(node)
+        env_vars = node_env(
             role="cache", node_id=node, port=port, peers=peers, redis_url=self.redis.url,
-            cluster_name="cacheit", extra=self.env,
+            cluster_name="cacheit", extra=extra,
         )  # fmt: skip
-        proc = NodeProcess(node, env, log_path=self.workdir / "logs" / f"{node}.log")
+        proc = NodeProcess(node, env_vars, log_path=self.workdir / "logs" / f"{node}.log")
         self.nodes[node], self.urls[node] = proc, f"http://127.0.0.1:{port}"
         proc.start()
         await asyncio.to_thread(proc.wait_healthy, self.urls[node], 30)
@@ -244,15 +267,15 @@ class CacheCluster:
                     found[node] = list(reply.field("state")["ring"])
         return found
 
-    async def wait_ring(self, timeout_s: float) -> None:
-        """Wait until every node shows exactly the cluster's nodes on its ring."""
-        want = sorted(self.ids)
-        await wait_for(
-            self.rings,
-            lambda f: set(f) == set(want) and all(sorted(r) == want for r in f.values()),
-            timeout_s,
-            f"every ring to be {want}",
-        )
+    async def wait_ring(self, timeout_s: float, members: list[str] | None = None) -> None:
+        """Wait until each of `members` (default: every node) shows exactly `members` on
+        its ring."""
+        want = sorted(members if members is not None else self.ids)
+
+        def agreed(found: dict[str, list[str]]) -> bool:
+            return all(sorted(found.get(node, [])) == want for node in want)
+
+        await wait_for(self.rings, agreed, timeout_s, f"every ring to be {want}")
 
 
 def _start(

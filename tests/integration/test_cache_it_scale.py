@@ -7,8 +7,10 @@ so every step is a moment where an old and a new home could both think they serv
 
 The check is the shared `History.stale_reads`: once a PUT returned version v (or a read
 returned it), no read that starts afterwards, on any node, returns an older value or a
-404. Traffic must go on through every step (writes confirmed after each change), and the
-joined nodes must serve reads themselves.
+404. Traffic must go on through every step (writes confirmed after each change), the
+joined nodes must serve reads themselves, and a node that left must never be taken back
+on a ring (its clients go on until it is gone, so it drains their requests while beating
+its peers).
 
 Every wait is a condition with a generous deadline: the machine is shared.
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from cache_it_harness import CacheCluster, History, cache_cluster, read_loop, wait_for
+from lock_it_harness import rejoins_logged
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -101,8 +104,8 @@ async def test_cache_grows_to_five_and_back_to_three_without_stale_reads(
                 await c.add_node(node)
                 clients.start(node)
             else:
-                # Its clients stop first, so that every read of the history came from a
-                # node that was up; the others go on reading and writing its keys.
+                # Its clients go on until it is gone: it drains what they sent it.
+                await asyncio.to_thread(c.nodes[node].stop)
                 await clients.stop(node)
                 await c.remove_node(node)
             await c.wait_ring(RING_WAIT_S)
@@ -110,6 +113,7 @@ async def test_cache_grows_to_five_and_back_to_three_without_stale_reads(
         await clients.stop_all()
         stale = history.stale_reads()
         assert not stale, stale[:10]
+        assert not rejoins_logged(tmp_path / "logs")  # a node that left stayed out
         served = {node for node, _, _, _, status, _ in history.reads if status == 200}
         assert served >= {"node1", "node2", "node3", "node4", "node5"}, served
         print(
