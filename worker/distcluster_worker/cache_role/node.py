@@ -26,6 +26,10 @@ as their home answers and are not invalidated or evicted; a node cut off from a 
 serving that home's copies within one lease. Reads during a home's grace period are served
 without granting a copy (state ``I``). Redis down: misses and writes are 503, hits go on
 (renewals need no Redis). A node keeps nothing across restarts.
+
+Ring changes: heartbeat answers are acknowledgements that the home's grace waits for, and
+a graceful stop (``on_leaving``) makes the home grant, renew and complete nothing more
+before the node leaves the registry (see ``home.py``).
 """
 
 from __future__ import annotations
