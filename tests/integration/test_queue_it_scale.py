@@ -209,8 +209,10 @@ async def change_membership(
     else:
         members.remove(node)
         blocking = await block_at(t.q, node, owners)
-        await t.q.remove_node(node)  # SIGTERM; clients that still pick it get errors
+        # SIGTERM; clients go on picking it until it is gone (and get errors).
+        await asyncio.to_thread(t.q.cluster.nodes[node].stop)
         t.targets.remove(node)
+        await t.q.remove_node(node)
         await blocking
     await t.q.wait_ring(members, timeout_s=RING_WAIT_S)
 

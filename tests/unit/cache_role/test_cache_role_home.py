@@ -205,3 +205,17 @@ async def test_a_read_whose_key_moved_on_while_it_ran_grants_no_copy() -> None:
     answer = await asyncio.wait_for(read, 5)
     assert (answer["value"], answer["state"]) == ("v0", "I")
     assert "p2" not in home.directory.copies("k")
+
+
+async def test_a_peer_that_left_is_no_longer_waited_for() -> None:
+    clock, ring = Clock(), Ring(["p1", "p9"])  # p9: discovered, never heard, then gone
+    home, _ = make_home(clock, ring)
+    home.acked("p1", clock.t)
+    clock.t += GRACE
+    assert (await home.read("k", "p1"))["state"] == "I"
+    home.forget_peers(["p9"])
+    forgotten_at = clock.t
+    clock.t = forgotten_at + LEASE - 1
+    assert (await home.read("k", "p1"))["state"] == "I"
+    clock.t = forgotten_at + LEASE
+    assert (await home.read("k", "p1"))["state"] == "E"

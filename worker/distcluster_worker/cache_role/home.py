@@ -31,8 +31,11 @@ another home meanwhile) grants nothing and completes no write until
   then on it is home of none of this node's keys and grants nothing for them; what it
   granted before runs out within that lease. Without this, a node that joins while its
   peers hear of it late (a loaded machine, a slow link) would grant copies that the old
-  home, still unaware of it, does not invalidate. A peer that never answers leaves the
-  ring when it is declared dead, which starts the count again without it.
+  home, still unaware of it, does not invalidate. The peers counted are the ring's and
+  those discovered but not heard yet (two nodes that start together, each not yet on the
+  other's ring, could both take a key). A peer that never answers leaves the ring when it
+  is declared dead, and one never heard when it leaves the registry (``forget_peers``);
+  either way the count goes on without it.
 
 Leaving (``leave``, when a graceful stop begins): the node grants, renews and completes
 nothing more, so that the homes that take its keys over, whose grace starts when they see
@@ -99,8 +102,8 @@ class Home:
         owns: Callable[[str], bool],
         peers: Callable[[], Iterable[str]] = tuple,
     ) -> None:
-        """`peers`: the other live members of the ring, whose acknowledgements a grace
-        period waits for (see the module docstring)."""
+        """`peers`: the other members a grace period waits for (see the module
+        docstring)."""
         self.node_id = node_id
         self.epoch = epoch
         self.times = times
@@ -137,10 +140,19 @@ class Home:
         """`peer` answered a heartbeat sent at `sent_ms`: this node is on its ring now."""
         if peer in self._unacked and sent_ms >= self._acks_from:
             self._unacked.discard(peer)
-            if not self._unacked:
-                # What the peers granted before they heard of us runs out within a lease.
-                self._grace_floor = max(self._grace_floor, self.mono() + self.times.lease_ms)
-            self._settle()
+            self._acked_all()
+
+    def _acked_all(self) -> None:
+        if not self._unacked:
+            # What the peers granted before they heard of us runs out within a lease.
+            self._grace_floor = max(self._grace_floor, self.mono() + self.times.lease_ms)
+        self._settle()
+
+    def forget_peers(self, peers: Iterable[str]) -> None:
+        """`peers` left the cluster: a grace period no longer waits for them."""
+        if self._unacked & set(peers):
+            self._unacked -= set(peers)
+            self._acked_all()
 
     def unacked(self) -> list[str]:
         """The peers a grace period still waits for."""

@@ -134,7 +134,7 @@ class CacheNode(BaseNode):
             store=self._store,
             send=self._send,
             owns=lambda key: self.view.owner(key) == me,
-            peers=lambda: self.view.ring.members,
+            peers=lambda: [*self.view.ring.members, *self.view.membership.unheard()],
         )
         self._tasks = [
             asyncio.create_task(self._beats.run(), name="cache-heartbeats"),
@@ -195,6 +195,8 @@ class CacheNode(BaseNode):
 
     def on_peers_changed(self, change: Diff) -> None:
         self._changed(self.view.discovered(change, self._mono_ms()))
+        if self._home is not None:
+            self._home.forget_peers(change.gone)
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
         body = await parse_json(request, Heartbeat)
