@@ -351,6 +351,24 @@ def log_tails(log_dir: Path, lines: int = 60) -> str:
     return "\n".join(parts)
 
 
+def rejoins_logged(log_dir: Path) -> dict[str, dict[str, int]]:
+    """Per node log (queue and cache roles): the members that joined its ring more than
+    once, with how many times (a node that left and was taken back)."""
+    found: dict[str, dict[str, int]] = {}
+    for path in sorted(log_dir.glob("node*.log")):
+        joins: dict[str, int] = {}
+        for line in path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("msg") == "membership changed":
+                    for member in record.get("joined", []):
+                        joins[member] = joins.get(member, 0) + 1
+        again = {member: n for member, n in joins.items() if n > 1}
+        if again:
+            found[path.stem] = again
+    return found
+
+
 def _agreed_leader(
     found: Mapping[str, Mapping[str, Any]], chosen: list[str]
 ) -> tuple[str, int] | None:

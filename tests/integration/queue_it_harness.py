@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from lock_it_harness import Reply, free_port_block, http_request, log_tails, wait_for
 
-from distcluster_worker.runner.cluster import LocalCluster
+from distcluster_worker.runner.cluster import LocalCluster, free_port
 from distcluster_worker.runner.redis_server import RedisServer
 
 FAST_QUEUE_ENV: dict[str, str] = {
@@ -102,6 +102,15 @@ class QueueCluster:
 
     async def restart(self, node: str) -> None:
         await asyncio.to_thread(self.cluster.restart_node, node)
+        self.down.discard(node)
+
+    async def add_node(self, node: str) -> None:
+        """Start one more node that only the registry makes known (scaling up)."""
+        await asyncio.to_thread(self.cluster.add_node, node, free_port())
+
+    async def remove_node(self, node: str) -> None:
+        """Stop a node gracefully (SIGTERM) and forget it (scaling down)."""
+        await asyncio.to_thread(self.cluster.remove_node, node)
         self.down.discard(node)
 
 

@@ -1,12 +1,11 @@
 """Cache faults with real processes under concurrent load: SIGKILL and SIGSTOP of a node
 during writes, Redis down, capacity pressure.
 
-The staleness check: each key has one sequential writer putting "1", "2", ... through the
-surviving nodes, and readers on every node read all keys in a loop. A read that started
-after PUT(n) returned must not return a value m < n whose PUT also returned (that PUT is
-ordered before n's, so m is older than what the PUT promised). Failed PUTs (503, or no
-answer) have an unknown outcome: their values are allowed anywhere; 503s on reads are
-allowed; a 404 after a successful PUT never is.
+The staleness check is the harness's `History.stale_reads`: each key has one sequential
+writer putting "1", "2", ... through the surviving nodes, and readers on every node read
+all keys in a loop; once a PUT (or a read) returned a version, no read that starts later
+returns an older confirmed value or a 404. Failed PUTs (503, or no answer) have an unknown
+outcome: their values are allowed anywhere; 503s on reads are allowed.
 """
 
 from __future__ import annotations
@@ -15,12 +14,11 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import pytest
-from cache_it_harness import LEASE_MS, CacheCluster, cache_cluster, wait_for
+from cache_it_harness import LEASE_MS, CacheCluster, History, cache_cluster, read_loop, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -28,15 +26,7 @@ KEYS = 6
 VICTIM = "node3"
 
 
-@dataclass
-class Log:
-    confirmed: dict[str, dict[int, float]] = field(default_factory=dict)  # key -> n -> ret
-    failed_puts: int = 0
-    reads: list[tuple[str, str, float, int, str | None]] = field(default_factory=list)
-    errors: int = 0
-
-
-async def writer(c: CacheCluster, key: str, log: Log, stop: asyncio.Event) -> None:
+async def writer(c: CacheCluster, key: str, history: History, stop: asyncio.Event) -> None:
     nodes = itertools.cycle([n for n in c.ids if n != VICTIM])
     for n in itertools.count(1):
         if stop.is_set():
@@ -46,64 +36,34 @@ async def writer(c: CacheCluster, key: str, log: Log, stop: asyncio.Event) -> No
         except (TimeoutError, aiohttp.ClientError):
             reply = None
         if reply is not None and reply.status == 200:
-            log.confirmed.setdefault(key, {})[n] = time.monotonic()
+            history.confirmed(key, str(n), int(reply.field("version")), time.monotonic())
         else:
-            log.failed_puts += 1
+            history.failed_puts += 1
             await asyncio.sleep(0.05)  # the key's home is down: do not spin
-
-
-async def reader(
-    c: CacheCluster, node: str, keys: list[str], log: Log, stop: asyncio.Event
-) -> None:
-    while not stop.is_set():
-        for key in keys:
-            started = time.monotonic()
-            try:
-                reply = await c.get(node, key, timeout_s=5)
-            except (TimeoutError, aiohttp.ClientError):
-                log.errors += 1  # the node is down or paused
-                await asyncio.sleep(0.05)
-                continue
-            value = reply.field("value") if reply.status == 200 else None
-            if reply.status in (200, 404):
-                log.reads.append((node, key, started, reply.status, value))
-
-
-def stale_reads(log: Log) -> list[str]:
-    found = []
-    for node, key, started, status, value in log.reads:
-        done = {n for n, ret in log.confirmed.get(key, {}).items() if ret < started}
-        if not done:
-            continue
-        newest = max(done)
-        if status == 404:
-            found.append(f"{node} {key}: 404 after PUT({newest}) returned")
-        elif int(value) < newest and int(value) in log.confirmed[key]:
-            found.append(f"{node} {key}: {value} after PUT({newest}) returned")
-    return found
 
 
 async def run_under_fault(
     c: CacheCluster, fault: Callable[[], Awaitable[None]], seconds: float
-) -> Log:
+) -> History:
     """Writers and readers on every node for `seconds`, `fault` run one second in."""
     keys = [f"w{i}" for i in range(KEYS)]
-    log, stop = Log(), asyncio.Event()
-    tasks = [asyncio.create_task(writer(c, key, log, stop)) for key in keys]
-    tasks += [asyncio.create_task(reader(c, node, keys, log, stop)) for node in c.ids]
+    history, stop = History(), asyncio.Event()
+    tasks = [asyncio.create_task(writer(c, key, history, stop)) for key in keys]
+    tasks += [asyncio.create_task(read_loop(c, n, keys, history, stop, 5)) for n in c.ids]
     await asyncio.sleep(1.0)
     await fault()
     await asyncio.sleep(seconds)
     stop.set()
     await asyncio.gather(*tasks)
-    return log
+    return history
 
 
-def check(log: Log) -> None:
-    assert not stale_reads(log), stale_reads(log)[:10]
-    writes = sum(len(v) for v in log.confirmed.values())
-    assert writes >= 5 * KEYS, (writes, log.failed_puts)
-    read_nodes = {node for node, *_ in log.reads}
+def check(history: History) -> None:
+    stale = history.stale_reads()
+    assert not stale, stale[:10]
+    writes = history.confirmed_writes()
+    assert writes >= 5 * KEYS, (writes, history.failed_puts)
+    read_nodes = {node for node, *_ in history.reads}
     assert read_nodes == {"node1", "node2", "node3"}, read_nodes
 
 
@@ -115,9 +75,9 @@ async def test_sigkill_of_a_node_during_writes(tmp_path: Path) -> None:
             await asyncio.sleep(5.0)  # past CACHE_DEAD_AFTER_MS: its keys move
             await c.restart(VICTIM)  # back empty; its keys move back to it
 
-        log = await run_under_fault(c, kill_then_restart, seconds=4.0)
-        check(log)
-        after = [r for r in log.reads if r[0] == VICTIM and r[3] == 200]
+        history = await run_under_fault(c, kill_then_restart, seconds=4.0)
+        check(history)
+        after = [r for r in history.reads if r[0] == VICTIM and r[4] == 200]
         assert after, "the restarted node served no read"
 
 
@@ -129,8 +89,8 @@ async def test_sigstop_of_a_node_during_writes(tmp_path: Path) -> None:
             await asyncio.sleep(2.5 * LEASE_MS / 1000)  # its leases run out meanwhile
             c.resume(VICTIM)
 
-        log = await run_under_fault(c, pause_then_resume, seconds=4.0)
-        check(log)
+        history = await run_under_fault(c, pause_then_resume, seconds=4.0)
+        check(history)
         assert (await c.stats(VICTIM))["home_graces"] >= 1  # it noticed its own stall
 
 

@@ -56,3 +56,17 @@ def test_forgetting_a_dead_or_unknown_member_changes_no_ring() -> None:
     m.add("n4", T0)
     assert m.forget("n4", T0 + 1) == NO_CHANGES
     assert m.forget("n9", T0 + 1) == NO_CHANGES
+
+
+def test_added_members_count_as_unheard_until_their_first_heartbeat() -> None:
+    m = cluster()
+    assert m.unheard() == ()
+    m.add("n5", T0)
+    m.add("n4", T0)
+    assert m.unheard() == ("n4", "n5")
+    m.heartbeat("n4", T0 + 1)
+    assert m.unheard() == ("n5",)
+    m.tick(T0 + 10_000)  # n4 dies: it was heard, so it is not unheard again
+    assert m.unheard() == ("n5",)
+    m.forget("n5", T0 + 10_001)
+    assert m.unheard() == ()

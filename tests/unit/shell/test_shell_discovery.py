@@ -140,3 +140,28 @@ async def test_redis_down_costs_a_round_not_the_node() -> None:
     await loop.round()
     assert peers == {"p": "http://p:1"}
     await client.aclose()
+
+
+async def test_a_peer_that_left_the_registry_is_not_learned_back_from_a_late_heartbeat(
+    redis: aioredis.Redis,
+) -> None:
+    # A node that stops gracefully withdraws, then drains while still beating its peers:
+    # its last heartbeats must not put it back.
+    peers: dict[str, str] = {}
+    seen: list[Diff] = []
+    loop = discovery_loop(redis, peers, on_change=seen.append)
+    leaver = Registry(redis, "t:nodes", entry("n4", "http://n4:1"), ttl_ms=60_000)
+    await leaver.announce()
+    await loop.round()
+    await leaver.withdraw()
+    await loop.round()
+    assert peers == {}
+    assert loop.learn("n4", "http://n4:1") is False  # a late heartbeat of the leaver
+    assert peers == {}
+    assert seen == [Diff(added={"n4": "http://n4:1"}, gone=()), Diff(added={}, gone=("n4",))]
+    # Started again, it announces itself first: the registry brings it back.
+    await leaver.announce()
+    await loop.round()
+    assert peers == {"n4": "http://n4:1"}
+    await loop.round()
+    assert loop.learn("n5", "http://n5:1") is True  # strangers still introduce themselves

@@ -14,29 +14,57 @@ hands out its plan). The handler that started a transaction carries it out to th
 
 Any failure aborts the transaction, so the key is never left locked. A request for a key
 this node is not home of (by its own view of the ring) is refused: granting it would make a
-copy the key's real home does not know. Time is the event loop's monotonic clock in ms
-(``mono``); leases in the directory are in those ms.
+copy the key's real home does not know. The same holds for a transaction that was already
+running when the key moved on (the ring changed, or this node began to leave): a write
+that has not written Redis yet is aborted (503 ``not_home``), and a read or a write that
+finishes anyway grants no copy (state ``I``). Time is the event loop's monotonic clock in
+ms (``mono``); leases in the directory are in those ms.
 
 Grace: a home that starts, gains keys, or finds that its own loop stalled for
 ``stall_ms`` (a SIGSTOP, a long GC: peers may have declared it dead and given its keys to
-another home meanwhile) grants nothing and completes no write for ``grace_ms``.
+another home meanwhile) grants nothing and completes no write until
+
+* ``grace_ms`` have passed (a lease of the previous home's copies, and two heartbeats),
+  and
+* every live peer has acknowledged a heartbeat sent since (``acked``), and a lease more
+  has passed. A peer answers a heartbeat only after it put this node on its ring, so from
+  then on it is home of none of this node's keys and grants nothing for them; what it
+  granted before runs out within that lease. Without this, a node that joins while its
+  peers hear of it late (a loaded machine, a slow link) would grant copies that the old
+  home, still unaware of it, does not invalidate. The peers counted are the ring's and
+  those discovered but not heard yet (two nodes that start together, each not yet on the
+  other's ring, could both take a key). A peer that never answers leaves the ring when it
+  is declared dead, and one never heard when it leaves the registry (``forget_peers``);
+  either way the count goes on without it.
+
+Leaving (``leave``, when a graceful stop begins): the node grants, renews and completes
+nothing more, so that the homes that take its keys over, whose grace starts when they see
+it leave the registry, outlast every copy it granted.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
 from distcluster_worker.cache_role.store import CacheStore
-from distcluster_worker.coherence import Directory, Plan, Queued, UnknownTransactionError
+from distcluster_worker.coherence import (
+    Directory,
+    MesiState,
+    Plan,
+    Queued,
+    UnknownTransactionError,
+)
 from distcluster_worker.shell.errors import ApiError
 
 T = TypeVar("T")
 Send = Callable[[str, str, dict[str, Any]], Awaitable[tuple[int, Any]]]
+# The directory's grace end while a peer has not acknowledged the change yet.
+UNTIL_ACKED = 1 << 62
 
 
 @dataclass(slots=True)
@@ -72,7 +100,10 @@ class Home:
         store: CacheStore,
         send: Send,
         owns: Callable[[str], bool],
+        peers: Callable[[], Iterable[str]] = tuple,
     ) -> None:
+        """`peers`: the other members a grace period waits for (see the module
+        docstring)."""
         self.node_id = node_id
         self.epoch = epoch
         self.times = times
@@ -80,20 +111,59 @@ class Home:
         self.store = store
         self.send = send
         self.owns = owns
-        # A restarted home cannot know what copies it granted before: grace.
+        self.peers = peers
+        self.leaving = False
         now = mono()
-        self.directory = Directory(
-            node_id, lease_ticks=times.lease_ms, grace_until=now + times.grace_ms
-        )
+        self.directory = Directory(node_id, lease_ticks=times.lease_ms, grace_until=UNTIL_ACKED)
         self.counters = HomeCounters()
         self._waiters: dict[int, asyncio.Future[Plan]] = {}
         self._awake_ms = now
+        self._grace_floor = now
+        self._unacked: set[str] = set()
+        self._acks_from = now
+        # A restarted home cannot know what copies it granted before: grace.
+        self._begin_grace(now)
 
     def start_grace(self) -> None:
-        """Keys may have moved here from a home whose grants we do not know: grace."""
-        d = self.directory
-        d.grace_until = max(d.grace_until, self.mono() + self.times.grace_ms)
+        """Keys may have moved here from a home whose grants we do not know: grace, until
+        `grace_ms` from now and until every live peer acknowledged the change."""
         self.counters.graces += 1
+        self._begin_grace(self.mono())
+
+    def _begin_grace(self, now: int) -> None:
+        self._grace_floor = max(self._grace_floor, now + self.times.grace_ms)
+        self._unacked = set(self.peers()) - {self.node_id}
+        self._acks_from = now
+        self._settle()
+
+    def acked(self, peer: str, sent_ms: int) -> None:
+        """`peer` answered a heartbeat sent at `sent_ms`: this node is on its ring now."""
+        if peer in self._unacked and sent_ms >= self._acks_from:
+            self._unacked.discard(peer)
+            self._acked_all()
+
+    def _acked_all(self) -> None:
+        if not self._unacked:
+            # What the peers granted before they heard of us runs out within a lease.
+            self._grace_floor = max(self._grace_floor, self.mono() + self.times.lease_ms)
+        self._settle()
+
+    def forget_peers(self, peers: Iterable[str]) -> None:
+        """`peers` left the cluster: a grace period no longer waits for them."""
+        if self._unacked & set(peers):
+            self._unacked -= set(peers)
+            self._acked_all()
+
+    def unacked(self) -> list[str]:
+        """The peers a grace period still waits for."""
+        return sorted(self._unacked)
+
+    def _settle(self) -> None:
+        self.directory.grace_until = UNTIL_ACKED if self._unacked else self._grace_floor
+
+    def leave(self) -> None:
+        """This node is leaving the cluster: grant, renew and complete nothing more."""
+        self.leaving = True
 
     def awake(self) -> int:
         """Note that the loop runs now; start a grace period if it had stalled."""
@@ -108,9 +178,17 @@ class Home:
 
     def _check_home(self, key: str) -> int:
         now = self.awake()
+        self._require_home(key)
+        return now
+
+    def _still_home(self, key: str) -> bool:
+        return not self.leaving and self.owns(key)
+
+    def _require_home(self, key: str) -> None:
+        if self.leaving:
+            raise ApiError(503, "not_home", f"{self.node_id} is leaving the cluster")
         if not self.owns(key):
             raise ApiError(503, "not_home", f"{self.node_id} is not the home of {key!r}")
-        return now
 
     # -- transactions -------------------------------------------------------------------
 
@@ -126,6 +204,10 @@ class Home:
         if value is None:
             self._abort(plan.txn_id)
             return {"found": False}
+        if not self._still_home(key):
+            # The key moved on while the read ran: the value, but no copy to keep.
+            self._abort(plan.txn_id)
+            return self._uncached(plan, found=True, value=value, version=version)
         done = self.directory.complete(plan.txn_id, self.mono())
         self._dispatch(done.started)
         return {
@@ -148,22 +230,34 @@ class Home:
         request = d.request_delete if value is None else d.request_write
         plan = await self._begin(request(key, node, now, dropped=mine))
         try:
+            self._require_home(key)  # it may have waited in the queue while the key moved
             await self._invalidate_all(plan)
             await self._wait_ready(plan)
+            self._require_home(key)
             version = await _redis(self.store.write(key, value))
-            done = self.directory.complete(plan.txn_id, self.mono())
         except BaseException:
             self._abort(plan.txn_id)
             raise
+        if not self._still_home(key) or not self.directory.may_complete(plan.txn_id, self.mono()):
+            # Written, but the key moved on (or a grace began) meanwhile: no copy to keep.
+            self._abort(plan.txn_id)
+            return self._uncached(plan, version=version)
+        done = self.directory.complete(plan.txn_id, self.mono())
         self._dispatch(done.started)
         return {"version": version, "state": done.state.value, "grant": self.wire(done.grant)}
+
+    def _uncached(self, plan: Plan, **answer: Any) -> dict[str, Any]:
+        """The answer to a transaction that ends without a copy for its requester."""
+        return {**answer, "state": MesiState.I.value, "grant": self.wire(plan.txn_id)}
 
     def renew(self, node: str, entries: list[tuple[str, int, int]]) -> list[bool]:
         """Renew `node`'s copies `(key, epoch, txn)`; a copy of another epoch or of a key
         this node is no longer home of is refused, so the node drops it."""
         now = self.awake()
         mine = [
-            i for i, (key, epoch, _) in enumerate(entries) if epoch == self.epoch and self.owns(key)
+            i
+            for i, (key, epoch, _) in enumerate(entries)
+            if epoch == self.epoch and self._still_home(key)
         ]
         leases = self.directory.renew_all(node, [(entries[i][0], entries[i][2]) for i in mine], now)
         ok = [False] * len(entries)
@@ -222,11 +316,20 @@ class Home:
                 self.directory.ack_invalidate(plan.txn_id, node, self.mono())
 
     async def _wait_ready(self, plan: Plan) -> None:
-        """Wait until every other copy acked or ran out of lease (bounded by the leases)."""
+        """Wait until every other copy acked or ran out of lease (bounded by the leases) and
+        the grace period is over; 503 if the grace still waits for a peer's acknowledgement
+        `txn_timeout_ms + grace_ms` later, or the key moves on meanwhile."""
+        give_up = self.mono() + self.times.txn_timeout_ms + self.times.grace_ms
         while not self.directory.may_complete(plan.txn_id, self.mono()):
-            until = max(plan.wait_until, self.directory.grace_until)
-            remaining = until - self.mono()
-            await asyncio.sleep(min(max(remaining, 2), 100) / 1000)
+            self._require_home(plan.key)
+            now = self.mono()
+            if now >= give_up:
+                waiting = ", ".join(self.unacked())
+                raise ApiError(
+                    503, "busy", f"key {plan.key!r}: its home waits for its peers ({waiting})"
+                )
+            until = min(max(plan.wait_until, self.directory.grace_until), give_up)
+            await asyncio.sleep(min(max(until - now, 2), 100) / 1000)
 
     def _abort(self, txn_id: int) -> None:
         try:

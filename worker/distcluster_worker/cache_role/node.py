@@ -27,6 +27,10 @@ as their home answers and are not invalidated or evicted; a node cut off from a 
 serving that home's copies within one lease. Reads during a home's grace period are served
 without granting a copy (state ``I``). Redis down: misses and writes are 503, hits go on
 (renewals need no Redis). A node keeps nothing across restarts.
+
+Ring changes: heartbeat answers are acknowledgements that the home's grace waits for, and
+a graceful stop (``on_leaving``) makes the home grant, renew and complete nothing more
+before the node leaves the registry (see ``home.py``).
 """
 
 from __future__ import annotations
@@ -114,6 +118,7 @@ class CacheNode(BaseNode):
             interval_ms=self.c.heartbeat_ms,
             incarnation=incarnation,
             on_changes=self._changed,
+            on_ack=self._acked,
         )
         times = HomeTimes(
             lease_ms=self.c.lease_ms,
@@ -130,6 +135,7 @@ class CacheNode(BaseNode):
             store=self._store,
             send=self._send,
             owns=lambda key: self.view.owner(key) == me,
+            peers=lambda: [*self.view.ring.members, *self.view.membership.unheard()],
         )
         self._tasks = [
             asyncio.create_task(self._beats.run(), name="cache-heartbeats"),
@@ -146,8 +152,17 @@ class CacheNode(BaseNode):
                 await task
         self._tasks = []
 
+    def on_leaving(self) -> None:
+        if self._home is not None:
+            self._home.leave()
+
     def role_state(self) -> dict[str, Any]:
-        return {"membership": self.view.membership.snapshot(), "ring": self.view.ring.members}
+        unacked = self._home.unacked() if self._home is not None else []
+        return {
+            "membership": self.view.membership.snapshot(),
+            "ring": self.view.ring.members,
+            "grace_waits_for": unacked,
+        }
 
     # -- membership and time -------------------------------------------------------------
 
@@ -175,8 +190,14 @@ class CacheNode(BaseNode):
         if changes.ring_changed and self._home is not None:
             self._home.start_grace()
 
+    def _acked(self, peer: str, sent_ms: int) -> None:
+        if self._home is not None:
+            self._home.acked(peer, sent_ms)
+
     def on_peers_changed(self, change: Diff) -> None:
         self._changed(self.view.discovered(change, self._mono_ms()))
+        if self._home is not None:
+            self._home.forget_peers(change.gone)
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
         body = await parse_json(request, Heartbeat)

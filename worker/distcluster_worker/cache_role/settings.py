@@ -60,10 +60,11 @@ class CacheSettings(BaseModel):
 
     @property
     def grace_ms(self) -> int:
-        """How long a home that starts, gains keys or wakes from a stall grants nothing and
-        completes no write: one lease for the copies a previous home granted, plus two
-        heartbeats for the peers that still send that home's keys elsewhere until they
-        hear of the change."""
+        """How long at least a home that starts, sees its ring change or wakes from a stall
+        grants nothing and completes no write: one lease for the copies a previous home
+        granted, plus two heartbeats for the peers that still send that home's keys
+        elsewhere until they hear of the change. (It also waits until every live peer
+        acknowledged it, and a lease more: see ``home.py``.)"""
         return self.lease_ms + 2 * self.heartbeat_ms
 
 

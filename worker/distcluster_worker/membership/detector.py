@@ -216,6 +216,13 @@ class Membership:
         live = [m for m, p in self._peers.items() if p.state is not MemberState.DEAD]
         return tuple(sorted([self._self_id, *live]))
 
+    def unheard(self) -> tuple[str, ...]:
+        """Members added at run time (`add`) and never heard yet, sorted: nodes that may be
+        starting right now, not yet on this node's ring though perhaps serving already."""
+        return tuple(
+            sorted(m for m, p in self._peers.items() if p.discovered and p.last_heard_ms is None)
+        )
+
     def state(self, member: str) -> MemberState:
         """The state of `member`; KeyError if it is not configured."""
         if member == self._self_id:

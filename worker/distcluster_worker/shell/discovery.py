@@ -15,6 +15,13 @@ URL (tests route it through proxies) and never leaves. The roles decide what an 
 gone node means (the queue and cache put a new node on their ring only once it answered a
 heartbeat; the lock role only learns its address, Raft membership stays explicit).
 
+A node may also introduce itself before the registry lists it (``learn``: its heartbeat
+carries its URL). A node that *left* the registry is not learned back that way: a node
+that stops gracefully withdraws first and drains afterwards, still beating its peers, so
+its last heartbeats arrive after they dropped it; learning from them would put a leaving
+node back on the rings. Only the registry brings such an id back (a restarted node
+announces itself before it sends a heartbeat, so it comes back at the next read).
+
 A Redis failure costs one round: the loop logs it and tries again at the next interval.
 """
 
@@ -174,6 +181,9 @@ class Discovery:
         # Peers that introduced themselves (a heartbeat) before the registry listed
         # them: kept for one TTL even if a read does not list them yet.
         self._introduced: dict[str, float] = {}
+        # Peers seen leaving the registry: not learned back from heartbeats until the
+        # registry lists them again (see the module docstring).
+        self.departed: set[str] = set()
         self._on_change = on_change
         self._log = log
         self._failing = False
@@ -182,8 +192,9 @@ class Discovery:
         await self._registry.withdraw()
 
     def learn(self, node_id: str, url: str) -> bool:
-        """A peer introduced itself (a heartbeat with its URL); True if it is new here."""
-        if node_id == self._self_id or node_id in self._static:
+        """A peer introduced itself (a heartbeat with its URL); True if it is new here.
+        A peer that left the registry is refused until the registry lists it again."""
+        if node_id == self._self_id or node_id in self._static or node_id in self.departed:
             return False
         if self.discovered.get(node_id) == url:
             return False
@@ -220,6 +231,8 @@ class Discovery:
             if node_id in listed or now - since > self._ttl_s:
                 del self._introduced[node_id]
         gone = tuple(g for g in change.gone if g not in self._introduced)
+        self.departed.difference_update(listed)
+        self.departed.update(gone)
         change = Diff(added=change.added, gone=gone)
         if change:
             self._apply(change)

@@ -9,6 +9,11 @@ Times given to the detector come from the event loop's monotonic clock.
 With discovery on, a heartbeat also carries the sender's URL: a node that just joined
 introduces itself with its first beat, so the receiver adds it at once (``learn``) instead
 of answering 403 until its next registry read. Without discovery a stranger is refused.
+
+An answer is also an acknowledgement: the peer marked this node heard *before* it
+answered, so from then on this node is on its ring. ``on_ack(peer, sent_ms)`` tells the
+role, with the time the beat was sent (the cache's homes wait for it; see
+``cache_role/home.py``).
 """
 
 from __future__ import annotations
@@ -57,11 +62,13 @@ class Heartbeats:
         on_changes: Callable[[Changes], None],
         url: str | None = None,
         learn: Callable[[str, str], None] | None = None,
+        on_ack: Callable[[str, int], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.incarnation = incarnation
         self._url = url
         self._learn = learn
+        self._on_ack = on_ack
         self._peer_urls = peer_urls
         self._rpc = rpc
         self._view = view
@@ -79,6 +86,7 @@ class Heartbeats:
         interval_ms: int,
         incarnation: int,
         on_changes: Callable[[Changes], None],
+        on_ack: Callable[[str, int], None] | None = None,
     ) -> Heartbeats:
         """Heartbeats to the node's peers (``node.peer_urls``) over its RPC client; with
         discovery on, they carry the node's URL and strangers who send theirs are added."""
@@ -94,6 +102,7 @@ class Heartbeats:
             on_changes=on_changes,
             url=node.settings.advertised_url if discovering else None,
             learn=node.learn_peer if discovering else None,
+            on_ack=on_ack,
         )
 
     async def run(self, each_round: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -109,6 +118,7 @@ class Heartbeats:
 
     async def beat(self, peer: str, url: str) -> None:
         body = self._own_body()
+        sent_ms = loop_ms()
         try:
             status, reply = await self._rpc().post_json(
                 url, self._path, body, timeout_ms=self._interval_ms, retries=0
@@ -119,6 +129,8 @@ class Heartbeats:
             incarnation = reply.get("incarnation")
             known = incarnation if isinstance(incarnation, int) else None
             self._on_changes(self._view.heard(peer, loop_ms(), known))
+            if self._on_ack is not None:
+                self._on_ack(peer, sent_ms)
         else:
             self._on_changes(self._view.unreachable(peer, loop_ms()))
 

@@ -7,9 +7,10 @@ and ``role_state``. The shell owns everything else, the same way for every role:
 * start-up order: Redis pool and RPC client, then ``on_start`` (which may load state from
   Redis and start timers), then the HTTP site, so that no request arrives before the role
   can answer it;
-* shutdown order: stop accepting connections and drain in-flight requests for at most
-  ``shutdown_grace_ms``, then ``on_stop``, then close the RPC client and Redis, so that a
-  handler never sees its clients closed under it;
+* shutdown order: ``on_leaving`` (the role stops taking on what it could not finish
+  coherently), leave the discovery registry, stop accepting connections and drain
+  in-flight requests for at most ``shutdown_grace_ms``, then ``on_stop``, then close the
+  RPC client and Redis, so that a handler never sees its clients closed under it;
 * ``/health`` (liveness), ``/ready`` (503 until the role says it can serve, and during
   shutdown), ``/metrics``, ``/cluster`` and ``/openapi.json``;
 * middlewares: metrics and a DEBUG request log outermost (they see the final status), then
@@ -152,6 +153,12 @@ class BaseNode:
     async def on_stop(self) -> None:
         """Called during graceful shutdown, after in-flight requests drained."""
 
+    def on_leaving(self) -> None:
+        """Called once when a graceful stop begins, before the node leaves the registry and
+        drains: from here on peers may hand this node's share to others at any moment, so
+        the role must not take on anything it could not finish before they do (a cache
+        home grants and renews nothing more). Requests still arrive until the drain."""
+
     def readiness(self) -> tuple[bool, str]:
         """Whether the role can serve client requests, and why not."""
         return True, "ok"
@@ -268,6 +275,8 @@ class BaseNode:
         self._stopping = True
         self.log.info("node stopping", extra={"grace_ms": self.settings.shutdown_grace_ms})
         try:
+            if self._role_started:
+                self.on_leaving()
             await self._stop_discovery()
             if self._runner is not None:
                 await self._runner.cleanup()
