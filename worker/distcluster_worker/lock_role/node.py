@@ -93,6 +93,7 @@ class LockNode(BaseNode):
             on_outcome=self._count_outcome,
         )
         self.driver: RaftDriver | None = None
+        self._storage: RedisRaftStorage | None = None
         self._request_prefix = f"{settings.node_id}.{uuid.uuid4().hex[:16]}."
         self._request_seq = itertools.count(1)
         self._boot_task: asyncio.Task[None] | None = None
@@ -127,11 +128,13 @@ class LockNode(BaseNode):
             await self.driver.stop()
         await self.service.stop()
         await self.streams.close()
+        if self._storage is not None:
+            await self._storage.close()
 
     async def _boot(self) -> None:
         """Load this node's Raft state from Redis (retrying while Redis is down), then run."""
         s = self.settings
-        storage = RedisRaftStorage(self.redis, s.redis_key("raft", s.node_id))
+        storage = self._storage = RedisRaftStorage(self.redis, s.redis_key("raft", s.node_id))
         delay = 0.1
         while True:
             try:
