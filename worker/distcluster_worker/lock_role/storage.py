@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
 from distcluster_worker.raft.messages import (
@@ -138,7 +139,8 @@ class RedisRaftStorage:
         }
         self._plan = LogPlan()
         self._stored_vote: tuple[int, str | None] = (0, None)
-        self._conn = redis.connection_pool.make_connection()
+        pool = redis.connection_pool
+        self._conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
 
     async def load(self) -> Restored:
         keys = self._keys
@@ -189,7 +191,8 @@ class RedisRaftStorage:
         commands = write_commands(self._keys, ops, atomic=atomic)
         conn = self._conn
         try:
-            await conn.connect()  # returns at once while connected
+            if not conn.is_connected:
+                await conn.connect()  # type: ignore[no-untyped-call]  # redis-py lacks a hint
             await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
             replies = [await conn.read_response() for _ in commands]
         except BaseException:
