@@ -114,8 +114,8 @@ class LogPlan:
         return [("ltrim", drop, -1), ("set_start", self.start)]
 
 
-def _dump_entry(entry: Entry) -> str:
-    return jsonio.dumps(entry_to_wire(entry))
+def _dump_entry(entry: Entry) -> bytes:
+    return jsonio.dumps_bytes(entry_to_wire(entry))
 
 
 def _dump_hard_state(hs: HardState) -> str:
@@ -219,7 +219,8 @@ def write_commands(
         elif kind == "ltrim":
             commands.append(("LTRIM", keys["log"], op[1], op[2]))
         elif kind == "snapshot":
-            commands.append(("SET", keys["snapshot"], jsonio.dumps(snapshot_to_wire(op[1]))))
+            snapshot = jsonio.dumps_bytes(snapshot_to_wire(op[1]))
+            commands.append(("SET", keys["snapshot"], snapshot))
         elif kind == "hard_state":
             commands.append(("SET", keys["hard_state"], _dump_hard_state(op[1])))
         else:
