@@ -505,8 +505,8 @@ def tune_gc() -> None:
     Every request allocates a few dozen tracked objects (futures, dicts, outcomes), so
     with the default threshold of 700 a young collection ran every few requests, and
     every tenth of them an older one; the full ones walked everything imported at start
-    (aiohttp, pydantic, redis: over a hundred thousand objects that never die) and paused
-    the node for tens of milliseconds. `gc.freeze` moves what exists now out of the
+    (aiohttp, pydantic, redis: some sixty thousand objects that never die) and paused
+    the node for about 20 ms each. `gc.freeze` moves what exists now out of the
     collector's sight, and a larger first threshold makes young collections rarer. Cycles
     are still collected, only less often.
     """
