@@ -503,7 +503,7 @@ def tune_gc() -> None:
     """Make the cyclic garbage collector cost a loaded node less, once it has booted.
 
     Every request allocates a few dozen tracked objects (futures, dicts, outcomes), so
-    with the default threshold of 700 a young collection ran every few requests, and
+    with the default threshold of 700 a young collection ran every twenty or so requests, and
     every tenth of them an older one; the full ones walked everything imported at start
     (aiohttp, pydantic, redis: some sixty thousand objects that never die) and paused
     the node for about 20 ms each. `gc.freeze` moves what exists now out of the
