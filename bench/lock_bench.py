@@ -11,7 +11,10 @@ waiters queue and the lock is handed over). The client sends to the leader it fi
 `/raft/status`, as etcd's clients follow the leader; one extra case (`*-spread`) sends
 round-robin over the three nodes, as a load balancer would, so two thirds of the requests
 are forwarded by a follower: the price of "any node accepts any request". The client
-process runs on uvloop, for the cluster and the baseline alike.
+process runs on uvloop, for the cluster and the baseline alike, and reaches the cluster
+through `bench.lean_http` (one prepared write per request, orjson), because aiohttp's
+client spent as much CPU per cycle as the leader, on the cores the cluster runs on;
+`--http-client aiohttp` measures with an aiohttp session instead.
 
 The baseline is the usual single-Redis lock with redis.asyncio: `SET key token NX PX ttl`,
 retried every 1 ms while taken, released by a compare-and-delete Lua script. It has no
@@ -48,6 +51,7 @@ import redis.asyncio as aioredis
 
 from bench import common
 from bench.common import free_port_block, percentile
+from bench.lean_http import LeanHttp
 from distcluster_worker.runner.cluster import LocalCluster
 from distcluster_worker.runner.redis_server import RedisServer
 
@@ -68,8 +72,11 @@ EXTRA_HELP = """lock_bench options besides --duration and --quick:
   --cases NAMES          comma list of case names (distinct-64,single-64,...); default all
   --transports T1,T2     RAFT_TRANSPORT of the measured cluster, then of compared ones
                          (default stream,http; "stream" alone skips the comparison)
-  --failover-rounds N    SIGKILLs of the leader (default 10, 3 with --quick, 0 skips)"""
+  --failover-rounds N    SIGKILLs of the leader (default 10, 3 with --quick, 0 skips)
+  --http-client C        lean (default: bench.lean_http) or aiohttp, the cluster's client"""
 NODE_ENV = {"LOG_LEVEL": "WARNING"}
+HTTP_CLIENTS = ("lean", "aiohttp")
+"""How the load reaches the cluster: `bench.lean_http` (default) or an aiohttp session."""
 
 RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -124,7 +131,9 @@ async def run_case(cycle: Cycle, clients: int, resources: list[str], duration_s:
             else:
                 measure.errors += 1
 
-    await asyncio.gather(*(client(i) for i in range(clients)))
+    # One bound for the whole case instead of a timer per request (see bench.lean_http).
+    async with asyncio.timeout(duration_s + WAIT_MS / 1000 + 30):
+        await asyncio.gather(*(client(i) for i in range(clients)))
     measure.elapsed_s = loop.time() - start
     return measure
 
@@ -135,11 +144,23 @@ def case_resources(prefix: str, pattern: str, clients: int) -> list[str]:
     return [f"{prefix}-{i}" for i in range(clients)]
 
 
+Post = Callable[[str, str, dict[str, Any]], Awaitable[tuple[int, Any]]]
+"""(base URL, path, JSON body) -> (status, decoded JSON answer)."""
+
+
+def aiohttp_post(session: aiohttp.ClientSession) -> Post:
+    async def post(base_url: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        async with session.post(base_url + path, json=body) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    return post
+
+
 class ClusterClient:
     """acquire+release cycles against the cluster, round-robin over `urls`."""
 
-    def __init__(self, session: aiohttp.ClientSession, urls: list[str]) -> None:
-        self.session = session
+    def __init__(self, post: Post, urls: list[str]) -> None:
+        self._post = post
         self.urls = urls
         self._next = itertools.count()
 
@@ -147,8 +168,7 @@ class ClusterClient:
         return self.urls[next(self._next) % len(self.urls)]
 
     async def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        async with self.session.post(self._url() + path, json=body) as resp:
-            return resp.status, await resp.json(content_type=None)
+        return await self._post(self._url(), path, body)
 
     async def cycle(self, index: int, resource: str) -> bool:
         owner = f"client-{index}"
@@ -165,7 +185,7 @@ class ClusterClient:
                 return False
             release = {"resource": resource, "owner": owner, "token": grant["token"]}
             status, _ = await self.post("/lock/release", release)
-        except (TimeoutError, aiohttp.ClientError, ValueError):
+        except (OSError, aiohttp.ClientError, ValueError):
             return False
         return status == 200
 
@@ -226,7 +246,7 @@ async def failover_sample(
     """SIGKILL the leader; seconds until an acquire through a survivor succeeds."""
     leader = await wait_leader(session, cluster.urls)
     survivors = [u for n, u in cluster.urls.items() if n != leader]
-    client = ClusterClient(session, survivors)
+    client = ClusterClient(aiohttp_post(session), survivors)
     loop = asyncio.get_running_loop()
     killed_at = loop.time()
     await asyncio.to_thread(cluster.nodes[leader].kill)
@@ -329,6 +349,7 @@ async def measured(
 
 async def measure_cluster(
     session: aiohttp.ClientSession,
+    post: Post,
     cluster: LocalCluster,
     redis_pid: int | None,
     case: Case,
@@ -339,7 +360,7 @@ async def measure_cluster(
     resources = case_resources(f"{cluster.cluster_name}-{case.name}", case.pattern, case.clients)
     pids = {"leader": cluster.nodes[leader].pid, "redis": redis_pid}
     pids.update({f"follower-{n}": p.pid for n, p in cluster.nodes.items() if n != leader})
-    measure = await measured(pids, ClusterClient(session, urls).cycle, case, resources, duration_s)
+    measure = await measured(pids, ClusterClient(post, urls).cycle, case, resources, duration_s)
     followers = [v for k, v in measure.cpu_s.items() if k.startswith("follower-")]
     measure.cpu_s = {
         "leader": measure.cpu_s["leader"],
@@ -367,6 +388,7 @@ async def run_cases(
     duration_s: float,
     cases: list[Case],
     compare: tuple[str, ...],
+    http_client: str = "lean",
 ) -> list[dict[str, Any]]:
     """Each case on the first cluster, then (for `compare` cases) on the others, then the
     baseline: back to back, so every ratio and the A/B come from the same minute."""
@@ -376,15 +398,17 @@ async def run_cases(
     redis_pids = {"redis": redis.pid}
     primary, *others = clusters
     reports: list[dict[str, Any]] = []
+    lean = LeanHttp()
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            post = lean.post if http_client == "lean" else aiohttp_post(session)
             base = RedisLockClient(redis_client)
             for case in cases:
                 log(f"case {case.name}: {', '.join(clusters)}, then baseline ({duration_s} s each)")
                 names = [primary, *(others if case.name in compare else [])]
                 ours = {
                     name: await measure_cluster(
-                        session, clusters[name], redis.pid, case, duration_s
+                        session, post, clusters[name], redis.pid, case, duration_s
                     )
                     for name in names
                 }
@@ -396,6 +420,7 @@ async def run_cases(
                     report["transports"] = {n: transport_report(m, theirs) for n, m in ours.items()}
                 reports.append(report)
     finally:
+        lean.close()
         await redis_client.aclose()
     return reports
 
@@ -454,7 +479,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 start_cluster, workdir / transport, redis.url, transport
             )
         started = time.monotonic()
-        reports = await run_cases(clusters, redis, duration_s, cases, AB_CASES)
+        reports = await run_cases(clusters, redis, duration_s, cases, AB_CASES, args.http_client)
         primary = args.transports[0]
         for name in args.transports[1:]:
             await asyncio.to_thread(clusters.pop(name).stop)
@@ -463,7 +488,8 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "redis_persistence": PERSISTENCE,
             "nodes": NODES,
             "duration_s_per_case": duration_s,
-            "client_process": "one uvloop process, aiohttp keep-alive, leader-directed",
+            "client_process": f"one uvloop process, {args.http_client} HTTP keep-alive,"
+            " leader-directed",
             "transport": primary,
             "compared_transports": {"with": args.transports[1:], "cases": list(AB_CASES)},
             "cases": reports,
@@ -484,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     extra.add_argument("--cases", type=lambda v: set(v.split(",")), default=None)
     extra.add_argument("--transports", type=lambda v: v.split(","), default=list(TRANSPORTS))
     extra.add_argument("--failover-rounds", type=int, default=None)
+    extra.add_argument("--http-client", choices=HTTP_CLIENTS, default=HTTP_CLIENTS[0])
     known, rest = extra.parse_known_args(argv)
     if "-h" in rest or "--help" in rest:
         print(EXTRA_HELP)

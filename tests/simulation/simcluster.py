@@ -165,6 +165,7 @@ class ClusterConfig:
     heartbeat_ticks: int = 1
     max_entries_per_append: int = 8
     max_inflight_appends: int = 4
+    max_append_bytes: int = 24 * 1024
     pre_vote: bool = True
     check_quorum: bool = True
     snapshot_entries: int = 20
@@ -216,6 +217,7 @@ class Cluster:
             heartbeat_ticks=c.heartbeat_ticks,
             max_entries_per_append=c.max_entries_per_append,
             max_inflight_appends=c.max_inflight_appends,
+            max_append_bytes=c.max_append_bytes,
             pre_vote=c.pre_vote,
             check_quorum=c.check_quorum,
         )

@@ -89,6 +89,7 @@ class SimSpec:
     heartbeat_ticks: int
     election_timeout_ticks: int = 10
     max_inflight_appends: int = 4
+    max_append_bytes: int = 24 * 1024
     pre_vote: bool = True
     check_quorum: bool = True
     workload: WorkloadConfig = RAFT_WORKLOAD
@@ -132,6 +133,8 @@ class SimSpec:
             pre_vote=rng.random() < 0.8,
             check_quorum=rng.random() < 0.8,
             workload=LOCK_WORKLOAD if LOCK_SEED_BASE <= seed < MEMBER_SEED_BASE else RAFT_WORKLOAD,
+            # A generator of its own, so the draws above stay what they were for each seed.
+            max_append_bytes=random.Random(f"{seed}:append-bytes").choice((1, 64, 24 * 1024)),
         )
 
     def cluster_config(self) -> ClusterConfig:
@@ -145,6 +148,7 @@ class SimSpec:
             heartbeat_ticks=self.heartbeat_ticks,
             election_timeout_ticks=self.election_timeout_ticks,
             max_inflight_appends=self.max_inflight_appends,
+            max_append_bytes=self.max_append_bytes,
             pre_vote=self.pre_vote,
             check_quorum=self.check_quorum,
             net=net,

@@ -132,15 +132,18 @@ async def test_only_a_plain_append_skips_the_transaction(redis_url: str) -> None
     client = aioredis.from_url(redis_url, decode_responses=True)
     key = f"test:{uuid.uuid4().hex}:raft:node3"
     atomic: list[bool] = []
-    pipeline = client.pipeline
+    storage = RedisRaftStorage(client, key)
+    conn = storage._conn
+    send = conn.send_packed_command
 
-    def spy(transaction: bool = True, shard_hint: str | None = None):  # type: ignore[no-untyped-def]
-        atomic.append(transaction)
-        return pipeline(transaction=transaction, shard_hint=shard_hint)
+    async def spy(command, check_health=True):  # type: ignore[no-untyped-def]
+        packed = b"".join(command)
+        if key.encode() in packed:  # not the handshake of a new connection
+            atomic.append(b"MULTI" in packed)
+        await send(command, check_health)
 
-    client.pipeline = spy  # type: ignore[method-assign]
+    conn.send_packed_command = spy  # type: ignore[method-assign]
     try:
-        storage = RedisRaftStorage(client, key)
         await storage.save(HardState(1, "node1", 0), _entries(1, 2, 1))  # vote: atomic
         await storage.save(HardState(1, "node1", 2), _entries(3, 2, 1))  # commit only: plain
         await storage.save(None, _entries(5, 1, 1))  # entries only: plain
@@ -153,4 +156,5 @@ async def test_only_a_plain_append_skips_the_transaction(redis_url: str) -> None
             (5, 2)
         ]
     finally:
+        await storage.close()
         await client.aclose()

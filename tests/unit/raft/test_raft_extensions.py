@@ -253,6 +253,16 @@ def test_batches_are_capped_by_max_entries_per_append() -> None:
     assert [len(m.entries) for m in sent(drain(leader), AppendRequest, "b")] == [4, 4, 2]
 
 
+def test_batches_are_capped_by_max_append_bytes() -> None:
+    cluster = Cluster(max_append_bytes=250)
+    leader = cluster.elect("a")
+    cluster.stabilize()
+    leader.propose_many(["x" * 100] * 5 + ["y" * 1000])
+    appends = sent(drain(leader), AppendRequest, "b")
+    # Two entries fit in 250 bytes; an entry larger than the cap still goes, alone.
+    assert [len(m.entries) for m in appends] == [2, 2, 1, 1]
+
+
 def test_pipelining_keeps_several_appends_in_flight() -> None:
     cluster = Cluster(max_inflight_appends=3)
     leader = cluster.elect("a")

@@ -281,6 +281,9 @@ class RaftDriver:
     async def _proposal_loop(self) -> None:
         while True:
             await self._proposal_wakeup.wait()
+            # One more turn of the event loop: requests whose bytes arrived with the one
+            # that woke us are parsed in it and join this batch (one append, one write).
+            await asyncio.sleep(0)
             self._proposal_wakeup.clear()
             batch, self._proposals = self._proposals, []
             if not batch:

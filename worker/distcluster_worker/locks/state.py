@@ -10,11 +10,15 @@
   bound, so an emptied resource folds its last token into this one number, and a resource
   that reappears starts from it. Tokens are Raft indexes, so the floor never exceeds
   `last_index` and any later grant is above it.
-* `dedup`: request id -> final outcome, oldest first, capped at `dedup_capacity`.
+* `dedup`: request id -> final outcome, oldest first, capped at `dedup_capacity`. An
+  `OrderedDict`, because every command drops the oldest once the map is full: a plain
+  dict finds its first live key by skipping the slots of the keys deleted before it,
+  which made each eviction cost about ten times more than the rest of `record`.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from distcluster_worker.locks.outcomes import EXCLUSIVE, Mode, Outcome
@@ -76,7 +80,7 @@ class TableState:
     last_index: int = 0
     token_floor: int = 0
     resources: dict[str, Resource] = field(default_factory=dict)
-    dedup: dict[str, Outcome] = field(default_factory=dict)
+    dedup: OrderedDict[str, Outcome] = field(default_factory=OrderedDict)
     pending: dict[str, str] = field(default_factory=dict)
     waiting_on: dict[str, set[str]] = field(default_factory=dict)
 
@@ -93,7 +97,9 @@ class TableState:
         """Remember a final outcome for retries, dropping the oldest beyond capacity."""
         if self.dedup_capacity == 0:
             return
-        self.dedup.pop(request_id, None)
-        self.dedup[request_id] = outcome
-        while len(self.dedup) > self.dedup_capacity:
-            del self.dedup[next(iter(self.dedup))]
+        dedup = self.dedup
+        if request_id in dedup:
+            dedup.move_to_end(request_id)
+        dedup[request_id] = outcome
+        while len(dedup) > self.dedup_capacity:
+            dedup.popitem(last=False)

@@ -269,7 +269,7 @@ class LockTable:
         if self._grantable_now(res, cmd.owner, cmd.mode):
             return self._grant(index, res, cmd.request_id, cmd.owner, cmd.mode, cmd.ttl_ms)
         holders = tuple(sorted(res.holders))
-        if any(w.owner == cmd.owner for w in res.queue):
+        if res.name in self._s.waiting_on.get(cmd.owner, ()):  # the index, not a queue scan
             message = f"{cmd.owner!r} already waits for {res.name!r}"
             return Refused(cmd.request_id, "locked", message, holders=holders)
         if cmd.wait_ms == 0:

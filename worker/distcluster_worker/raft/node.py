@@ -119,6 +119,10 @@ class RaftConfig:
     heartbeat_ticks: int = 1
     max_entries_per_append: int = 512
     max_inflight_appends: int = 4
+    # Entry payload bytes per AppendRequest (at least one entry always goes): a follower
+    # catching up then gets frames it steps and persists in a millisecond or two, not
+    # one of hundreds of kilobytes that holds up everything behind it on its link.
+    max_append_bytes: int = 24 * 1024
     pre_vote: bool = True
     check_quorum: bool = True
     join: bool = False
@@ -130,8 +134,10 @@ class RaftConfig:
             raise ValueError("voters must include node_id (or set join=True)")
         if not 1 <= self.heartbeat_ticks < self.election_timeout_ticks:
             raise ValueError("need 1 <= heartbeat_ticks < election_timeout_ticks")
-        if self.max_entries_per_append < 1 or self.max_inflight_appends < 1:
-            raise ValueError("max_entries_per_append and max_inflight_appends must be >= 1")
+        if min(self.max_entries_per_append, self.max_inflight_appends, self.max_append_bytes) < 1:
+            raise ValueError(
+                "max_entries_per_append, max_inflight_appends and max_append_bytes must be >= 1"
+            )
 
     def bootstrap_membership(self) -> Membership:
         return NO_MEMBERSHIP if self.join else Membership.of(self.voters)
@@ -517,7 +523,8 @@ class RaftNode:
         self._state = "leader"
         self._leader_id = self._id
         self._reset()
-        limits = (self._config.max_entries_per_append, self._config.max_inflight_appends)
+        cfg = self._config
+        limits = (cfg.max_entries_per_append, cfg.max_inflight_appends, cfg.max_append_bytes)
         membership = self._log.membership
         repl = Replicator(self._id, self._term, membership, self._log, limits, self._send)
         self._repl = repl

@@ -6,7 +6,9 @@ follower state (progress, acknowledged read rounds) leaks across leaderships.
 What it decides (the node decides everything about terms and roles):
 
 - what to send to each follower, under the flow control of `progress.py`: one probe,
-  a pipeline of batched AppendRequests, or a snapshot when the entries are compacted;
+  a pipeline of batched AppendRequests (at most `max_entries_per_append` entries and,
+  beyond the first, `max_append_bytes` of their data), or a snapshot when the entries
+  are compacted;
 - how to react to answers: advance `match`, or walk `next` back (fast back-off: skip
   the whole conflicting term, thesis 5.3), ignoring stale answers;
 - heartbeats: every follower gets exactly one message per round, so each round
@@ -54,13 +56,13 @@ class Replicator:
         term: int,
         membership: Membership,
         log: RaftLog,
-        limits: tuple[int, int],
+        limits: tuple[int, int, int],
         send: Callable[[Message], None],
     ) -> None:
         self._id = node_id
         self._term = term
         self._log = log
-        self._max_entries, self._max_inflight = limits
+        self._max_entries, self._max_inflight, self._max_bytes = limits
         self._send = send
         self.progress: dict[str, Progress] = {}
         self._membership = membership
@@ -95,7 +97,9 @@ class Replicator:
             if pr.next < self._log.first_index:
                 self._send_snapshot(peer, pr)
                 return
-            entries = self._log.slice(pr.next, pr.next + self._max_entries)
+            entries = cap_bytes(
+                self._log.slice(pr.next, pr.next + self._max_entries), self._max_bytes
+            )
             if pr.state == "replicate" and not entries:
                 return
             self._send_entries(peer, pr.next - 1, entries)
@@ -210,3 +214,13 @@ class Replicator:
     def _voter_values(self, values: dict[str, int], own: int) -> list[int]:
         """One value per voter: the peers' from `values`, this node's `own` if it votes."""
         return [own if voter == self._id else values[voter] for voter in self._membership.voters]
+
+
+def cap_bytes(entries: list[Entry], max_bytes: int) -> list[Entry]:
+    """The longest prefix of `entries` (at least one) whose data fits in `max_bytes`."""
+    total = 0
+    for count, entry in enumerate(entries):
+        total += len(entry.data)
+        if total > max_bytes and count > 0:
+            return entries[:count]
+    return entries
