@@ -215,9 +215,13 @@ def entry_from_wire(raw: Any) -> Entry:
     if type(raw) is not list or len(raw) != 4:
         raise WireError("entry must be [term, index, kind, data]")
     term, index, kind, data = raw
-    if type(term) is not int or type(index) is not int or term < 0 or index < 0:
-        raise WireError("entry has a bad term, index or kind")
-    if kind not in ENTRY_KINDS:
+    if (
+        type(term) is not int
+        or type(index) is not int
+        or term < 0
+        or index < 0
+        or kind not in ENTRY_KINDS
+    ):
         raise WireError("entry has a bad term, index or kind")
     if type(data) is not str:
         raise WireError("entry data must be text")
