@@ -2,8 +2,9 @@
 
 `E2E_IMAGE` names the node image to run (built by `make e2e`) and `E2E_REDIS_IMAGE` the
 Redis image (any image with redis-server and redis-cli, such as the local base image).
-Each test gets its own compose project, taken down with its volumes afterwards; when the
-test failed, the tail of every container's log is printed first.
+Each test gets its own compose project, up with node1..3 ready, taken down with its
+volumes afterwards; when the test failed, the tail of every container's log is printed
+first.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from compose_harness import ComposeCluster
+from compose_harness import NODES, ComposeCluster
 
 from run_reports import test_failed
 
@@ -32,6 +33,8 @@ def compose_cluster(request: pytest.FixtureRequest) -> Iterator[Callable[[str], 
         made.append(cluster)
         try:
             cluster.up()
+            for node in NODES:
+                cluster.wait_ready(node)
         except BaseException:
             print(f"\n===== compose logs ({role}, start failed) =====\n{cluster.logs()}")
             raise

@@ -22,8 +22,6 @@ def line_state(cluster: ComposeCluster, node: str, key: str) -> str | None:
 
 def test_coherence_across_nodes_and_a_cut(compose_cluster: Callable[[str], ComposeCluster]) -> None:
     cluster = compose_cluster("cache")
-    for node in NODES:
-        cluster.wait_ready(node)
 
     # A PUT via node1 is read via node3; both then hold the line shared.
     put(cluster, "node1", "user:42", "ada-v1")

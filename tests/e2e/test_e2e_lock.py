@@ -31,8 +31,6 @@ def test_locks_survive_leader_kill_and_partition(
     compose_cluster: Callable[[str], ComposeCluster],
 ) -> None:
     cluster = compose_cluster("lock_manager")
-    for node in NODES:
-        cluster.wait_ready(node)
     leader = wait_for("a leader", lambda: leader_among(cluster, NODES), 30)
 
     # Locks taken through every node (followers forward to the leader).

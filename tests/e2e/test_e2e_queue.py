@@ -25,8 +25,6 @@ def topic_not_owned_by(cluster: ComposeCluster, node: str) -> tuple[str, str]:
 
 def test_no_acknowledged_message_lost(compose_cluster: Callable[[str], ComposeCluster]) -> None:
     cluster = compose_cluster("queue")
-    for node in NODES:
-        cluster.wait_ready(node)
     topic, owner = topic_not_owned_by(cluster, "node2")
     published: dict[str, Any] = {}
 

@@ -343,8 +343,6 @@ def test_queue_workers_join_and_leave_losing_nothing(
     compose_cluster: Callable[[str], ComposeCluster],
 ) -> None:
     cluster = compose_cluster("queue")
-    for node in NODES:
-        cluster.wait_ready(node)
     targets = Targets(NODES)
     clients = QueueClients(cluster, targets, [f"scale-{n}" for n in range(4)])
     with (
@@ -450,8 +448,6 @@ def test_cache_workers_join_and_leave_without_stale_reads(
     compose_cluster: Callable[[str], ComposeCluster],
 ) -> None:
     cluster = compose_cluster("cache")
-    for node in NODES:
-        cluster.wait_ready(node)
     targets = Targets(NODES)
     clients = CacheClients(cluster, targets, writers=2)
     with (
