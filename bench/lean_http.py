@@ -1,17 +1,18 @@
-"""A minimal keep-alive HTTP/1.1 JSON client for the benchmarks' load generators.
+"""A lean keep-alive HTTP/1.1 JSON client for the benchmarks' load generators.
 
 Why: on the 2-core benchmark machine the client process shares the cores with the
 nodes and Redis, so whatever CPU the client spends per request is taken from the
 system it measures. A profile of `bench.lock_bench` showed aiohttp's client spending
 about 400 µs of CPU per acquire+release cycle (request and response objects, payload
-wrappers, timers, stdlib json), as much as the leader itself; this client sends one
-prepared `write` per request and parses the answer with a few `bytes` operations.
+wrappers, timers, stdlib json), as much as the leader itself. This client sends one
+prepared `write` per request and lets `httptools` (llhttp, the parser uvicorn uses)
+parse the answers: the only Python calls per response are the body and completion
+callbacks.
 
-What it supports is what the nodes answer with: `POST`/`GET` with a JSON body, one
-request at a time per connection, and responses with a `Content-Length` (every node
-answer has one). Anything else (chunked bodies, a closed connection) fails the request
-with `ConnectionError`, which the benchmarks count as an error. Connections are pooled
-per base URL and reused; a connection that failed is dropped, never reused.
+One request at a time per connection; connections are pooled per base URL and reused
+while the server keeps them alive. A connection that failed or that the server closes
+fails its request with `ConnectionError` (the benchmarks count it as an error) and is
+never reused.
 
 No timer is armed per request (that alone costs a tenth of the budget): a benchmark
 bounds a whole case instead.
@@ -23,9 +24,8 @@ import asyncio
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import httptools
 import orjson
-
-_HEAD_END = b"\r\n\r\n"
 
 
 class _Connection(asyncio.Protocol):
@@ -34,7 +34,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self._buffer = bytearray()
+        self._parser = httptools.HttpResponseParser(self)
+        self._body: list[bytes] = []
         self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -43,47 +44,33 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionError(f"connection lost: {exc!r}"))
+        self._fail(ConnectionError(f"connection lost: {exc!r}"))
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            return
         try:
-            answer = self._parse()
-        except ConnectionError as exc:
-            waiter.set_exception(exc)
-            return
-        if answer is not None:
-            waiter.set_result(answer)
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ConnectionError(f"bad HTTP response: {exc}"))
+            self.close()
 
-    def _parse(self) -> tuple[int, bytes] | None:
-        """(status, body) once a whole response is buffered; None while incomplete."""
-        buffer = self._buffer
-        end = buffer.find(_HEAD_END)
-        if end < 0:
-            return None
-        lines = bytes(buffer[:end]).split(b"\r\n")
-        try:
-            status = int(lines[0].split(b" ", 2)[1])
-        except (IndexError, ValueError):
-            raise ConnectionError(f"bad status line {lines[0]!r}") from None
-        length = -1
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        if length < 0:
-            raise ConnectionError("a response without Content-Length")
-        total = end + len(_HEAD_END) + length
-        if len(buffer) < total:
-            return None
-        body = bytes(buffer[end + len(_HEAD_END) : total])
-        del buffer[:total]
-        return status, body
+    # httptools callbacks (only the ones defined here are called)
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        body = b"".join(self._body)
+        self._body = []
+        if not self._parser.should_keep_alive():
+            self.closed = True  # answered, but not reusable
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result((self._parser.get_status_code(), body))
+
+    def _fail(self, exc: ConnectionError) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
 
     def send(self, payload: bytes) -> asyncio.Future[tuple[int, bytes]]:
         if self.closed or self.transport is None:
@@ -93,6 +80,7 @@ class _Connection(asyncio.Protocol):
         return self._waiter
 
     def close(self) -> None:
+        self.closed = True
         if self.transport is not None:
             self.transport.close()
 
@@ -122,7 +110,10 @@ class LeanHttp:
         except BaseException:
             self._drop(conn)
             raise
-        self._idle.setdefault(base_url, []).append(conn)
+        if conn.closed:
+            self._drop(conn)
+        else:
+            self._idle.setdefault(base_url, []).append(conn)
         return status, orjson.loads(raw) if raw else None
 
     async def _acquire(self, base_url: str) -> _Connection:

@@ -12,8 +12,9 @@ waiters queue and the lock is handed over). The client sends to the leader it fi
 round-robin over the three nodes, as a load balancer would, so two thirds of the requests
 are forwarded by a follower: the price of "any node accepts any request". The client
 process runs on uvloop, for the cluster and the baseline alike, and reaches the cluster
-through `bench.lean_http` (one prepared write per request, orjson), because aiohttp's
-client spent as much CPU per cycle as the leader, on the cores the cluster runs on;
+through `bench.lean_http` (one prepared write per request, httptools parsing, orjson),
+because aiohttp's client spent as much CPU per cycle as the leader, on the cores the
+cluster runs on;
 `--http-client aiohttp` measures with an aiohttp session instead.
 
 The baseline is the usual single-Redis lock with redis.asyncio: `SET key token NX PX ttl`,
