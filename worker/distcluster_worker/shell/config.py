@@ -140,7 +140,7 @@ class Settings(BaseSettings):
     raft_tick_ms: int = Field(default=50, gt=0)
     raft_election_ticks: int = Field(default=10, ge=2)
     raft_heartbeat_ticks: int = Field(default=1, gt=0)
-    raft_snapshot_entries: int = Field(default=5000, gt=0)
+    raft_snapshot_entries: int = Field(default=20000, gt=0)
     lock_default_ttl_ms: int = Field(default=30000, gt=0)
     lock_max_ttl_ms: int = Field(default=3_600_000, gt=0)
     lock_max_wait_ms: int = Field(default=300_000, gt=0)
