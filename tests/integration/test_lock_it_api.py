@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Any
 
+import orjson
 import pytest
 from lock_it_harness import LockCluster, Reply, wait_for
+
+from distcluster_worker.shell.peer_calls import PeerCalls
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -136,3 +140,39 @@ async def test_retry_with_same_request_id_never_double_grants(cluster3: LockClus
     assert again.status == 200, again
     assert again.field("token") == token
     assert _holders(await cluster3.get_lock(c, "idem")) == [("owner", "exclusive", token)]
+
+
+async def test_forwarded_commands_are_served_on_the_peer_calls_socket(
+    cluster3: LockCluster,
+) -> None:
+    """What a follower sends its leader: one frame per command on `/peer-calls`, answered
+    as the HTTP route would be; bad frames get JSON errors and the socket keeps serving."""
+    leader, _ = await cluster3.stable_leader()
+    follower = next(n for n in cluster3.ids if n != leader)
+    calls = PeerCalls(connect_timeout_s=5.0)
+    urls = cluster3.cluster.urls
+
+    async def call(node: str, path: str, body: object) -> tuple[int, Any]:
+        status, raw = await calls.call(urls[node], path, orjson.dumps(body), timeout_s=10.0)
+        return status, orjson.loads(raw)
+
+    try:
+        acquire = {"resource": "pc", "owner": "ann", "ttl_ms": 30_000, "request_id": "pc-1"}
+        status, grant = await call(leader, "/lock/acquire?hops=1", acquire)
+        assert status == 200 and grant["granted"] is True, grant
+        again = await call(leader, "/lock/acquire?hops=1", acquire)  # same request id
+        assert again == (200, grant)
+        status, bad = await call(leader, "/lock/acquire?hops=1", {"resource": "pc"})
+        assert status == 400 and bad["error"]["code"] == "bad_request", bad
+        status, unknown = await call(leader, "/lock/nothing?hops=1", {})
+        assert status == 404 and unknown["error"]["code"] == "not_found", unknown
+        # A follower never forwards a call that already made MAX_HOPS hops.
+        release = {"resource": "pc", "owner": "ann", "token": grant["token"]}
+        status, refused = await call(follower, "/lock/release?hops=2", release)
+        assert status == 503 and refused["error"]["code"] == "unavailable", refused
+        # One hop: the follower forwards it to the leader, which releases.
+        status, released = await call(follower, "/lock/release?hops=1", release)
+        assert status == 200 and released["released"] is True, released
+    finally:
+        await calls.close()
+    assert _holders(await cluster3.get_lock(follower, "pc")) == []

@@ -4,7 +4,10 @@ Every node accepts every request. The leader proposes it and answers when the ou
 is applied; any other node forwards it to the leader it knows (one hop, marked with
 `?hops=`), and when no leader is known within `REQUEST_TIMEOUT_MS` it answers 503
 `unavailable`. A request id is fixed on the first node, so a forwarded or retried
-request is applied at most once.
+request is applied at most once. Lock commands (acquire, release, renew) travel to the
+leader on the node's peer-calls socket (`shell.peer_calls`: one WebSocket per peer, a
+binary frame per call, a tenth of the CPU of an HTTP request); views and membership
+changes as HTTP requests.
 
 Raft messages travel as `RAFT_TRANSPORT` says (`lock_role.settings`): by default on one
 WebSocket per directed peer link (`lock_role.transport`), else as HTTP POSTs. The node
@@ -21,8 +24,11 @@ import random
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import orjson
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
@@ -57,16 +63,36 @@ from distcluster_worker.raft.node import NotLeader, RaftConfig, RaftNode
 from distcluster_worker.shell import jsonio
 from distcluster_worker.shell.config import Settings
 from distcluster_worker.shell.discovery import Diff
-from distcluster_worker.shell.errors import ApiError, error_response, parse_json
+from distcluster_worker.shell.errors import (
+    ApiError,
+    error_body,
+    error_response,
+    parse_body,
+    parse_json,
+)
 from distcluster_worker.shell.jsonio import json_response
 from distcluster_worker.shell.node import BaseNode
 from distcluster_worker.shell.openapi import Operation
+from distcluster_worker.shell.peer_calls import PEER_CALLS_PATH, PeerCalls, PeerCallServer
 from distcluster_worker.shell.rpc import RpcError
 
 MAX_HOPS = 2
 NAME_RE = re.compile(NAME_PATTERN)
 GC_THRESHOLDS = (20_000, 10, 10)
 """Collector thresholds once Raft runs (see `tune_gc`); Python's default is (700, 10, 10)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """Where a request came in: its method and path, and how many nodes forwarded it."""
+
+    method: str
+    path: str
+    hops: int = 0
+
+    @classmethod
+    def of(cls, request: web.Request) -> Hop:
+        return cls(request.method, request.path, _hops(request.query.get("hops", "")))
 
 
 class LockNode(BaseNode):
@@ -115,6 +141,16 @@ class LockNode(BaseNode):
         self._raft_gauge.labels("is_leader").set_function(
             lambda: 1.0 if self.driver and self.driver.node.state == "leader" else 0.0
         )
+        # Lock commands forwarded to the leader travel on one WebSocket per peer.
+        self.calls = PeerCalls(connect_timeout_s=settings.rpc_timeout_ms / 1000)
+        self.call_server = PeerCallServer(
+            self._dispatch, heartbeat_s=5 * settings.rpc_timeout_ms / 1000
+        )
+        self._commands: dict[str, tuple[type[BaseModel], CommandServer]] = {
+            "/lock/acquire": (AcquireRequest, self._serve_acquire),
+            "/lock/release": (ReleaseRequest, self._serve_release),
+            "/lock/renew": (RenewRequest, self._serve_renew),
+        }
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -128,6 +164,7 @@ class LockNode(BaseNode):
             await self.driver.stop()
         await self.service.stop()
         await self.streams.close()
+        await self.calls.close()
         if self._storage is not None:
             await self._storage.close()
 
@@ -203,6 +240,7 @@ class LockNode(BaseNode):
 
     async def _close_streams(self, app: web.Application) -> None:
         await self.streams.close_inbound()
+        await self.call_server.close(grace_s=self.settings.shutdown_grace_ms / 1000)
 
     def readiness(self) -> tuple[bool, str]:
         if self.driver is None:
@@ -231,6 +269,7 @@ class LockNode(BaseNode):
             web.post("/raft-vote", self._raft_rpc),
             web.post("/raft-append", self._raft_rpc),
             web.get(STREAM_PATH, self._raft_stream),
+            web.get(PEER_CALLS_PATH, self.call_server.serve),
         ]
 
     def operations(self) -> list[Operation]:
@@ -267,33 +306,57 @@ class LockNode(BaseNode):
     # -- lock endpoints ----------------------------------------------------------------
 
     async def _acquire(self, request: web.Request) -> web.Response:
-        body = await parse_json(request, AcquireRequest)
+        return await self._serve_acquire(await parse_json(request, AcquireRequest), Hop.of(request))
+
+    async def _release(self, request: web.Request) -> web.Response:
+        return await self._serve_release(await parse_json(request, ReleaseRequest), Hop.of(request))
+
+    async def _renew(self, request: web.Request) -> web.Response:
+        return await self._serve_renew(await parse_json(request, RenewRequest), Hop.of(request))
+
+    async def _serve_acquire(self, body: AcquireRequest, hop: Hop) -> web.Response:
         s = self.settings
         ttl_ms = body.ttl_ms if body.ttl_ms is not None else s.lock_default_ttl_ms
         _check_limit("ttl_ms", ttl_ms, s.lock_max_ttl_ms)
         _check_limit("wait_ms", body.wait_ms, s.lock_max_wait_ms)
         command = self._command("acquire", body, ttl_ms=ttl_ms)
-        return await self._execute(request, command, wait_ms=body.wait_ms)
+        return await self._execute(hop, command, wait_ms=body.wait_ms)
 
-    async def _release(self, request: web.Request) -> web.Response:
-        body = await parse_json(request, ReleaseRequest)
-        return await self._execute(request, self._command("release", body))
+    async def _serve_release(self, body: ReleaseRequest, hop: Hop) -> web.Response:
+        return await self._execute(hop, self._command("release", body))
 
-    async def _renew(self, request: web.Request) -> web.Response:
-        body = await parse_json(request, RenewRequest)
+    async def _serve_renew(self, body: RenewRequest, hop: Hop) -> web.Response:
         ttl_ms = body.ttl_ms if body.ttl_ms is not None else self.settings.lock_default_ttl_ms
         _check_limit("ttl_ms", ttl_ms, self.settings.lock_max_ttl_ms)
-        return await self._execute(request, self._command("renew", body, ttl_ms=ttl_ms))
+        return await self._execute(hop, self._command("renew", body, ttl_ms=ttl_ms))
+
+    async def _dispatch(self, target: str, raw: bytes) -> tuple[int, bytes]:
+        """Serve a lock command forwarded on a peer-calls socket (`target`: path?hops=N)."""
+        parts = urlsplit(target)
+        hops = _hops(parse_qs(parts.query).get("hops", [""])[0])
+        try:
+            found = self._commands.get(parts.path)
+            if found is None:
+                raise ApiError(404, "not_found", f"no forwarded operation {parts.path}")
+            model, serve = found
+            response = await serve(parse_body(raw, model), Hop("POST", parts.path, hops))
+        except ApiError as exc:
+            return exc.status, orjson.dumps(error_body(exc.code, exc.message, **exc.extra))
+        except Exception:  # noqa: BLE001 - a forwarded call must never kill the socket
+            self.log.exception("forwarded call failed", extra={"path": parts.path})
+            return 500, orjson.dumps(error_body("internal", "internal error; see the log"))
+        body = response.body
+        return response.status, body if isinstance(body, bytes) else b""
 
     async def _execute(
-        self, request: web.Request, command: dict[str, Any], *, wait_ms: int = 0
+        self, hop: Hop, command: dict[str, Any], *, wait_ms: int = 0
     ) -> web.Response:
         async def on_leader() -> web.Response:
             outcome = await self.service.execute(command, wait_ms=wait_ms)
             status, body = outcome_answer(outcome)
             return json_response(body, status=status)
 
-        return await self._lead_or_forward(request, on_leader, command, wait_ms=wait_ms)
+        return await self._lead_or_forward(hop, on_leader, command, wait_ms=wait_ms)
 
     async def _view(self, request: web.Request) -> web.Response:
         resource = request.match_info["resource"]
@@ -303,11 +366,11 @@ class LockNode(BaseNode):
         async def on_leader() -> web.Response:
             return json_response(await self.service.read(resource))
 
-        return await self._lead_or_forward(request, on_leader, None)
+        return await self._lead_or_forward(Hop.of(request), on_leader, None)
 
     async def _lead_or_forward(
         self,
-        request: web.Request,
+        hop: Hop,
         on_leader: Callable[[], Awaitable[web.Response]],
         command: dict[str, Any] | None,
         *,
@@ -336,7 +399,7 @@ class LockNode(BaseNode):
                 return _unavailable("no leader is known; the cluster may have lost its quorum")
             if leader != self.settings.node_id:
                 body = None if command is None else {k: v for k, v in command.items() if k != "op"}
-                return await self._forward(request, body, deadline)
+                return await self._forward(hop, body, deadline)
 
     async def _status(self, request: web.Request) -> web.Response:
         if self.driver is None:
@@ -369,7 +432,9 @@ class LockNode(BaseNode):
             return json_response(await self._member_changes().add(node_id))
 
         wait_ms = int(CATCH_UP_S * 1000) + 2 * self.settings.request_timeout_ms
-        return await self._lead_or_forward(request, on_leader, {"id": node_id}, wait_ms=wait_ms)
+        return await self._lead_or_forward(
+            Hop.of(request), on_leader, {"id": node_id}, wait_ms=wait_ms
+        )
 
     async def _remove_member(self, request: web.Request) -> web.Response:
         node_id = request.match_info["id"]
@@ -382,7 +447,7 @@ class LockNode(BaseNode):
             return json_response(await changes.remove(node_id))
 
         wait_ms = 2 * self.settings.request_timeout_ms
-        return await self._lead_or_forward(request, on_leader, None, wait_ms=wait_ms)
+        return await self._lead_or_forward(Hop.of(request), on_leader, None, wait_ms=wait_ms)
 
     async def _hand_over(self, changes: MemberChanges) -> None:
         """Transfer leadership to the most caught-up voter and wait until this node
@@ -440,17 +505,20 @@ class LockNode(BaseNode):
         return None
 
     async def _forward(
-        self, request: web.Request, body: dict[str, Any] | None, deadline: float
+        self, hop: Hop, body: dict[str, Any] | None, deadline: float
     ) -> web.Response:
-        hops = int(request.query.get("hops", "0")) if request.query.get("hops", "").isdigit() else 0
         leader = self.driver.node.leader_id if self.driver else None
-        if hops >= MAX_HOPS or leader is None or leader not in self.peer_urls:
+        if hop.hops >= MAX_HOPS or leader is None or leader not in self.peer_urls:
             return _unavailable("the leader could not be reached")
         timeout_ms = max(1, int((deadline - asyncio.get_running_loop().time()) * 1000))
-        path = f"{request.path}?hops={hops + 1}"
+        path = f"{hop.path}?hops={hop.hops + 1}"
         url = self.peer_urls[leader]
         try:
-            if request.method == "DELETE":
+            if hop.method == "POST" and hop.path in self._commands and body is not None:
+                raw = orjson.dumps(body)
+                status, answer = await self.calls.call(url, path, raw, timeout_s=timeout_ms / 1000)
+                return web.Response(body=answer, status=status, content_type="application/json")
+            if hop.method == "DELETE":
                 status, reply = await self.rpc.delete_json(
                     url, path, timeout_ms=timeout_ms, retries=0
                 )
@@ -512,6 +580,13 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+CommandServer = Callable[[Any, Hop], Awaitable[web.Response]]
+
+
+def _hops(raw: str) -> int:
+    return int(raw) if raw.isdigit() else 0
 
 
 def _check_limit(field: str, value: int, limit: int) -> None:
