@@ -7,7 +7,9 @@ document on stdout (progress goes to stderr).
 
 A *cycle* is acquire then release. Each case runs N concurrent clients for `--duration`
 seconds, either on N distinct resources or all on one resource (with a large `wait_ms`, so
-waiters queue and the lock is handed over). The client sends to the leader it finds on
+waiters queue and the lock is handed over), in `SEGMENTS` segments alternating with the
+baseline's (so the ratio is not skewed by load that came and went in between). The
+client sends to the leader it finds on
 `/raft/status`, as etcd's clients follow the leader; one extra case (`*-spread`) sends
 round-robin over the three nodes, as a load balancer would, so two thirds of the requests
 are forwarded by a follower: the price of "any node accepts any request". The client
@@ -67,6 +69,10 @@ FAILOVER_GIVE_UP_S = 30.0
 PERSISTENCE = "appendonly yes, appendfsync everysec"
 TRANSPORTS = ("stream", "http")
 """`RAFT_TRANSPORT` of the cluster under test first, then the ones compared with it."""
+SEGMENTS = 2
+"""Each side of a case runs in this many alternating segments (cluster, baseline, cluster,
+baseline...), `duration / SEGMENTS` each: load from other work then falls on both sides
+alike, instead of on whichever ran in the minute it came."""
 AB_CASES = ("distinct-64", "single-64")
 """Cases also run on the compared transports' clusters, right after the first one's."""
 EXTRA_HELP = """lock_bench options besides --duration and --quick:
@@ -100,6 +106,14 @@ class Measure:
     elapsed_s: float = 0.0
     cpu_s: dict[str, float] = field(default_factory=dict)
     """CPU seconds spent during the case, by process group (see `cpu_seconds`)."""
+
+    def add(self, other: Measure) -> None:
+        """Count `other` (a later segment of the same case) in this one."""
+        self.latencies_s.extend(other.latencies_s)
+        self.errors += other.errors
+        self.elapsed_s += other.elapsed_s
+        for name, seconds in other.cpu_s.items():
+            self.cpu_s[name] = self.cpu_s.get(name, 0.0) + seconds
 
     def cpu_us_per_cycle(self) -> dict[str, float]:
         cycles = len(self.latencies_s)
@@ -405,16 +419,23 @@ async def run_cases(
             post = lean.post if http_client == "lean" else aiohttp_post(session)
             base = RedisLockClient(redis_client)
             for case in cases:
-                log(f"case {case.name}: {', '.join(clusters)}, then baseline ({duration_s} s each)")
+                log(
+                    f"case {case.name}: {', '.join(clusters)}, then baseline, in {SEGMENTS}"
+                    f" alternating segments ({duration_s} s each side)"
+                )
                 names = [primary, *(others if case.name in compare else [])]
-                ours = {
-                    name: await measure_cluster(
-                        session, post, clusters[name], redis.pid, case, duration_s
-                    )
-                    for name in names
-                }
+                ours = {name: Measure() for name in names}
+                theirs = Measure()
                 resources = case_resources(f"base-{case.name}", case.pattern, case.clients)
-                theirs = await measured(redis_pids, base.cycle, case, resources, duration_s)
+                segment_s = duration_s / SEGMENTS
+                for _ in range(SEGMENTS):
+                    for name in names:
+                        ours[name].add(
+                            await measure_cluster(
+                                session, post, clusters[name], redis.pid, case, segment_s
+                            )
+                        )
+                    theirs.add(await measured(redis_pids, base.cycle, case, resources, segment_s))
                 report = case_report(case.name, case.clients, case.pattern, ours[primary], theirs)
                 report["route"] = case.route
                 if len(ours) > 1:
