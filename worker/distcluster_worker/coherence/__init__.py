@@ -18,10 +18,22 @@ from distcluster_worker.coherence.errors import (
 from distcluster_worker.coherence.fences import Fences, Grant
 from distcluster_worker.coherence.plans import Completed, Plan, Queued, TxnKind
 from distcluster_worker.coherence.protocol import TABLE, Transition, transition
+from distcluster_worker.coherence.slots import (
+    SLOTS,
+    Answer,
+    Outcome,
+    Round,
+    SlotTable,
+    slot_name,
+    slot_of,
+    wanted_slots,
+)
 from distcluster_worker.coherence.states import Action, Event, MesiState
 
 __all__ = [
+    "SLOTS",
     "TABLE",
+    "Answer",
     "Action",
     "CoherenceInvariantError",
     "Completed",
@@ -33,13 +45,19 @@ __all__ = [
     "Held",
     "MesiState",
     "NotReadyError",
+    "Outcome",
     "Plan",
     "Queued",
     "Renewal",
+    "Round",
+    "SlotTable",
     "Ticket",
     "Transition",
     "TxnKind",
     "UnknownTransactionError",
     "require",
+    "slot_name",
+    "slot_of",
     "transition",
+    "wanted_slots",
 ]
