@@ -34,6 +34,8 @@ from lock_it_harness import (
 )
 from tcp_proxy import TcpProxy
 
+from distcluster_worker.cache_role.slots import key_slot
+from distcluster_worker.coherence import slot_name
 from distcluster_worker.ring import HashRing
 from distcluster_worker.runner.cluster import free_port, node_env
 from distcluster_worker.runner.process import NodeProcess
@@ -190,7 +192,7 @@ class CacheCluster:
 
     def home_of(self, key: str) -> str:
         """The key's home, from the ring every node agrees on (3 live members)."""
-        return HashRing(self.ids, vnodes=1024).owner(key)
+        return ring_home(self.ids, key)
 
     def key_homed_at(self, node: str, prefix: str = "k") -> str:
         return next(k for k in (f"{prefix}{i}" for i in range(1000)) if self.home_of(k) == node)
@@ -278,6 +280,11 @@ class CacheCluster:
         await wait_for(self.rings, agreed, timeout_s, f"every ring to be {want}")
 
 
+def ring_home(members: list[str], key: str) -> str:
+    """The node a ring of `members` names to hold the key's slot (its home)."""
+    return HashRing(members, vnodes=1024).owner(slot_name(key_slot(key)))
+
+
 def _start(
     workdir: Path, extra_env: Mapping[str, str] | None
 ) -> tuple[dict[str, NodeProcess], dict[str, str], ProxyMesh, RedisServer]:
@@ -342,5 +349,6 @@ __all__ = [
     "Reply",
     "cache_cluster",
     "read_loop",
+    "ring_home",
     "wait_for",
 ]

@@ -20,9 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cache_it_harness import CacheCluster, History, cache_cluster, wait_for
-
-from distcluster_worker.ring import HashRing
+from cache_it_harness import CacheCluster, History, cache_cluster, ring_home, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -39,9 +37,9 @@ CUT_S = 3.0  # longer than a home's grace (1.2 s), far shorter than CACHE_DEAD_A
 
 def moving_key(prefix: str) -> tuple[str, str]:
     """A key whose home is node4 on the 4-node ring, and its home on the first three."""
-    four = HashRing([*FIRST, "node4"], vnodes=1024)
-    key = next(k for k in (f"{prefix}{i}" for i in range(1000)) if four.owner(k) == "node4")
-    return key, HashRing(FIRST, vnodes=1024).owner(key)
+    four = [*FIRST, "node4"]
+    key = next(k for k in (f"{prefix}{i}" for i in range(1000)) if ring_home(four, k) == "node4")
+    return key, ring_home(FIRST, key)
 
 
 async def put(c: CacheCluster, history: History, node: str, key: str, value: str) -> int:

@@ -21,6 +21,7 @@ from distcluster_worker.coherence.protocol import TABLE, Transition, transition
 from distcluster_worker.coherence.slots import (
     SLOTS,
     Answer,
+    Changes,
     Outcome,
     Round,
     SlotTable,
@@ -34,6 +35,7 @@ __all__ = [
     "SLOTS",
     "TABLE",
     "Answer",
+    "Changes",
     "Action",
     "CoherenceInvariantError",
     "Completed",
