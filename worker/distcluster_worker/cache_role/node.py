@@ -98,6 +98,7 @@ class CacheNode(BaseNode):
         self._home: Home | None = None
         self._store: CacheStore | None = None
         self._slots: SlotLeases | None = None
+        self._slots_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._beats: Heartbeats | None = None
@@ -227,6 +228,8 @@ class CacheNode(BaseNode):
                     "live": self.view.ring.members,
                 },
             )
+        if changes.ring_changed:
+            self._slots_wake.set()
         if changes.ring_changed and self._home is not None:
             self._home.start_grace()
 
@@ -250,9 +253,12 @@ class CacheNode(BaseNode):
     async def _slot_loop(self) -> None:
         """One slot round every quarter slot lease: acquire or renew the slots this node's
         ring gives it, release the others. A failed round changes nothing (held slots run
-        out at their local lease end)."""
+        out at their local lease end). A ring change runs a round at once (the old home
+        releases, the new one acquires), and while a wanted slot is held by another node
+        rounds come four times as often, so a key's home changes within a few of them."""
         me = self.settings.node_id
         while True:
+            self._slots_wake.clear()
             leaving = self._home is not None and self._home.leaving
             wanted = frozenset() if leaving else wanted_slots(self.view.owner, me)
             try:
@@ -265,8 +271,13 @@ class CacheNode(BaseNode):
                         "slots changed",
                         extra={"acquired": len(changes.acquired), "lost": len(changes.lost)},
                     )
-            self.mx.home_slots.set(len(self.slots.held()))
-            await asyncio.sleep(self.c.slot_round_ms / 1000)
+            held = self.slots.held()
+            self.mx.home_slots.set(len(held))
+            pause_ms = self.c.slot_round_ms
+            if wanted - set(held):
+                pause_ms = max(10, pause_ms // 4)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slots_wake.wait(), pause_ms / 1000)
 
     # -- lease renewal -----------------------------------------------------------------
 
