@@ -1,6 +1,6 @@
 """The slot table: which slots a round asks for, and what the answers make this node hold.
 
-Two tables over one fake Redis (`FakeSlots`, the Lua script's rules on a dict and a clock)
+Two tables over one in-memory Redis (`InMemorySlots`, the twin of the Lua script)
 show the property the whole design rests on: whatever each node's view wants, at no moment
 do two nodes both act as home of one slot, and a new holder grants nothing until the old
 holder's last copies ran out.
@@ -16,6 +16,7 @@ from distcluster_worker.coherence import (
     SLOTS,
     Answer,
     CoherenceInvariantError,
+    InMemorySlots,
     Outcome,
     Round,
     SlotTable,
@@ -28,43 +29,11 @@ LEASE, COPY = 3000, 2000  # the slot lease and the copy lease, in ms
 HOLD = LEASE - LEASE // 10
 
 
-class FakeSlots:
-    """Redis' side of the slot leases (as `cache_role/slots.py`'s script does it)."""
-
-    def __init__(self) -> None:
-        self.keys: dict[int, tuple[str, int, int]] = {}  # slot -> (node, tenure, expires)
-        self.counter = 0
-
-    def run(self, node: str, sent: Round, now: int) -> list[Answer]:
-        for slot, _ in sent.release:
-            self._expire(slot, now)
-            if self.keys.get(slot, ("", 0, 0))[:2] == (node, dict(sent.release)[slot]):
-                del self.keys[slot]
-        answers = []
-        for slot, asked in sent.want:
-            self._expire(slot, now)
-            cur = self.keys.get(slot)
-            if cur is None:
-                self.counter += 1
-                self.keys[slot] = (node, self.counter, now + LEASE)
-                answers.append(Answer(slot, Outcome.ACQUIRED, node, self.counter))
-            elif asked and cur[:2] == (node, asked):
-                self.keys[slot] = (node, asked, now + LEASE)
-                answers.append(Answer(slot, Outcome.RENEWED, node, asked))
-            else:
-                answers.append(Answer(slot, Outcome.OTHER, cur[0], cur[1]))
-        return answers
-
-    def _expire(self, slot: int, now: int) -> None:
-        if slot in self.keys and self.keys[slot][2] <= now:
-            del self.keys[slot]
-
-
 def table(node: str = "a") -> SlotTable:
     return SlotTable(node, lease_ms=LEASE, copy_lease_ms=COPY)
 
 
-def round_trip(t: SlotTable, redis: FakeSlots, wanted: set[int], sent: int, got: int) -> None:
+def round_trip(t: SlotTable, redis: InMemorySlots, wanted: set[int], sent: int, got: int) -> None:
     r = t.plan(wanted, sent)
     t.answered(r, redis.run(t.node_id, r, sent + (got - sent) // 2), got)
 
@@ -81,7 +50,7 @@ def test_slot_of_and_names_cover_every_slot() -> None:
 def test_acquisition_holds_until_send_plus_lease_minus_margin_and_grants_a_copy_lease_later() -> (
     None
 ):
-    t, redis = table(), FakeSlots()
+    t, redis = table(), InMemorySlots(LEASE)
     round_trip(t, redis, {5}, sent=1000, got=1040)
     assert t.tenure(5) == 1
     assert t.holds(5, 1000 + HOLD - 1) and not t.holds(5, 1000 + HOLD)
@@ -90,7 +59,7 @@ def test_acquisition_holds_until_send_plus_lease_minus_margin_and_grants_a_copy_
 
 
 def test_renewal_extends_from_its_own_send_and_keeps_tenure_and_grace() -> None:
-    t, redis = table(), FakeSlots()
+    t, redis = table(), InMemorySlots(LEASE)
     round_trip(t, redis, {5}, sent=0, got=10)
     round_trip(t, redis, {5}, sent=700, got=710)
     assert t.tenure(5) == 1 and t.grants_from(5) == 10 + COPY
@@ -98,7 +67,7 @@ def test_renewal_extends_from_its_own_send_and_keeps_tenure_and_grace() -> None:
 
 
 def test_a_slot_held_by_another_node_is_not_held_and_names_its_holder() -> None:
-    a, b, redis = table("a"), table("b"), FakeSlots()
+    a, b, redis = table("a"), table("b"), InMemorySlots(LEASE)
     round_trip(a, redis, {5}, sent=0, got=10)
     round_trip(b, redis, {5}, sent=20, got=30)
     assert not b.holds(5, 30) and b.holder(5, 30) == "a" and b.tenure(5) is None
@@ -106,7 +75,7 @@ def test_a_slot_held_by_another_node_is_not_held_and_names_its_holder() -> None:
 
 
 def test_a_released_slot_stops_counting_at_once_and_frees_the_slot() -> None:
-    a, b, redis = table("a"), table("b"), FakeSlots()
+    a, b, redis = table("a"), table("b"), InMemorySlots(LEASE)
     round_trip(a, redis, {5, 6}, sent=0, got=10)
     r = a.plan({6}, 100)
     assert r.release == ((5, 1),) and r.want == ((6, 2),)
@@ -117,7 +86,7 @@ def test_a_released_slot_stops_counting_at_once_and_frees_the_slot() -> None:
 
 
 def test_a_lost_slot_is_dropped_and_a_stale_own_tenure_counts_as_another_holder() -> None:
-    a, redis = table("a"), FakeSlots()
+    a, redis = table("a"), InMemorySlots(LEASE)
     round_trip(a, redis, {5}, sent=0, got=10)
     redis.keys[5] = ("b", 9, 10**9)  # b took it (a's lease ran out in Redis meanwhile)
     r = a.plan({5}, 100)
@@ -131,7 +100,7 @@ def test_a_lost_slot_is_dropped_and_a_stale_own_tenure_counts_as_another_holder(
 
 def test_a_lapsed_slot_may_be_renewed_if_nobody_took_it() -> None:
     """The local lease ran out (a slow round), Redis' did not: renewing keeps the tenure."""
-    t, redis = table(), FakeSlots()
+    t, redis = table(), InMemorySlots(LEASE)
     round_trip(t, redis, {5}, sent=0, got=10)
     assert not t.holds(5, HOLD)
     r = t.plan({5}, HOLD + 1)
@@ -158,7 +127,7 @@ def test_never_two_acting_homes_and_no_grant_before_the_old_copies_ran_out(seed:
     holder last held it (its copies run out within a copy lease of that)."""
     rng = random.Random(seed)
     nodes = {n: table(n) for n in "abc"}
-    redis = FakeSlots()
+    redis = InMemorySlots(LEASE)
     slots = range(4)
     runs: list[tuple[int, str, Round]] = []  # (Redis runs it at, node, round)
     answers: list[tuple[int, str, Round, list[Answer]]] = []  # (answer arrives at, ...)

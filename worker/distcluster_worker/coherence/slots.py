@@ -182,3 +182,46 @@ class SlotTable:
     def held(self, now_ms: int) -> list[int]:
         """The slots this node holds now."""
         return [s for s in sorted(self._held) if self.holds(s, now_ms)]
+
+
+class InMemorySlots:
+    """Redis' side of the slot leases, in memory: the twin of `cache_role/slots.py`'s round
+    script and of the slot check of `store.py`'s write, on a clock the caller passes (ms).
+    A slot holds (node, tenure) until it expires; tenures come from one counter."""
+
+    def __init__(self, lease_ms: int) -> None:
+        self.lease_ms = lease_ms
+        self.keys: dict[int, tuple[str, int, int]] = {}  # slot -> (node, tenure, expires)
+        self.counter = 0
+
+    def _current(self, slot: int, now_ms: int) -> tuple[str, int, int] | None:
+        cur = self.keys.get(slot)
+        if cur is not None and cur[2] <= now_ms:
+            del self.keys[slot]
+            return None
+        return cur
+
+    def run(self, node: str, sent: Round, now_ms: int) -> list[Answer]:
+        """One round of `node`, run at `now_ms`: answers for its wanted slots."""
+        answers = [self._want(node, slot, asked, now_ms) for slot, asked in sent.want]
+        for slot, tenure in sent.release:
+            cur = self._current(slot, now_ms)
+            if cur is not None and cur[:2] == (node, tenure):
+                del self.keys[slot]
+        return answers
+
+    def _want(self, node: str, slot: int, asked: int, now_ms: int) -> Answer:
+        cur = self._current(slot, now_ms)
+        if cur is None:
+            self.counter += 1
+            self.keys[slot] = (node, self.counter, now_ms + self.lease_ms)
+            return Answer(slot, Outcome.ACQUIRED, node, self.counter)
+        if asked and cur[:2] == (node, asked):
+            self.keys[slot] = (node, asked, now_ms + self.lease_ms)
+            return Answer(slot, Outcome.RENEWED, node, asked)
+        return Answer(slot, Outcome.OTHER, cur[0], cur[1])
+
+    def fenced(self, slot: int, node: str, tenure: int | None, now_ms: int) -> bool:
+        """Whether a write by `node` under `tenure` may land: the slot still holds it."""
+        cur = self._current(slot, now_ms)
+        return cur is not None and cur[:2] == (node, tenure)
