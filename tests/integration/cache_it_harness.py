@@ -42,11 +42,13 @@ from distcluster_worker.runner.process import NodeProcess
 from distcluster_worker.runner.redis_server import RedisServer
 
 LEASE_MS = 1000
+SLOT_LEASE_MS = 3000  # the default; hits go on at least 2 s with Redis down (crash tests)
 HEARTBEAT_MS = 100
 GRACE_S = (LEASE_MS + 2 * HEARTBEAT_MS) / 1000  # CacheSettings.grace_ms
 FAST_CACHE_ENV: dict[str, str] = {
     "CACHE_LEASE_MS": str(LEASE_MS),
     "CACHE_HEARTBEAT_MS": str(HEARTBEAT_MS),
+    "CACHE_SLOT_LEASE_MS": str(SLOT_LEASE_MS),
     "CACHE_SUSPECT_AFTER_MS": "2000",
     "CACHE_DEAD_AFTER_MS": "4000",
     "CACHE_TXN_TIMEOUT_MS": "5000",
@@ -344,6 +346,7 @@ async def cache_cluster(
 __all__ = [
     "GRACE_S",
     "LEASE_MS",
+    "SLOT_LEASE_MS",
     "CacheCluster",
     "History",
     "Reply",

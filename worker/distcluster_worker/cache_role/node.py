@@ -29,8 +29,9 @@ A hit is served from memory only within the copy's serve time. Every ``renew_eve
 node sends each home one batch with the copies that run out soonest, so copies live as long
 as their home answers and are not invalidated or evicted; a node cut off from a home stops
 serving that home's copies within one lease. Reads during a home's grace period are served
-without granting a copy (state ``I``). Redis down: misses and writes are 503, hits go on
-(renewals need no Redis). A node keeps nothing across restarts.
+without granting a copy (state ``I``). Redis down: misses and writes are 503, hits go
+on while the homes' slot leases and then the copies last (renewals need no Redis, but a
+home renews only copies of slots it holds). A node keeps nothing across restarts.
 
 Ring changes: heartbeat answers are acknowledgements that the home's grace waits for, and
 a graceful stop (``on_leaving``) makes the home grant, renew and complete nothing more
