@@ -92,8 +92,18 @@ async def test_every_slot_has_one_home_and_a_dead_homes_slots_move(tmp_path: Pat
 
         counts = await wait_for(held, lambda h: sum(h.values()) == 256, 10, "256 slots held")
         assert all(n > 40 for n in counts.values()), counts  # about a third each
+        key = c.key_homed_at("node3", prefix="dead")
+        assert (await c.put("node1", key, "before")).status == 200
         c.kill("node3")
+        killed_at = time.monotonic()
         alive = ["node1", "node2"]
+        # Writes to its keys come back once node3 is dropped (CACHE_DEAD_AFTER_MS, 4 s here),
+        # its slot ran out in Redis (3 s from its last round) and a copy lease (1 s) passed.
+        await wait_for(
+            lambda: c.put("node1", key, "after"), lambda r: r.status == 200, 20, "a new home"
+        )
+        takeover_s = time.monotonic() - killed_at
+        assert 4.0 < takeover_s < 4.0 + 1.0 + 2.5, takeover_s
 
         async def held_alive() -> dict[str, int]:
             return {n: int((await c.stats(n))["home_slots"]) for n in alive}
