@@ -34,17 +34,21 @@ from lock_it_harness import (
 )
 from tcp_proxy import TcpProxy
 
+from distcluster_worker.cache_role.slots import key_slot
+from distcluster_worker.coherence import slot_name
 from distcluster_worker.ring import HashRing
 from distcluster_worker.runner.cluster import free_port, node_env
 from distcluster_worker.runner.process import NodeProcess
 from distcluster_worker.runner.redis_server import RedisServer
 
 LEASE_MS = 1000
+SLOT_LEASE_MS = 3000  # the default; hits go on at least 2 s with Redis down (crash tests)
 HEARTBEAT_MS = 100
 GRACE_S = (LEASE_MS + 2 * HEARTBEAT_MS) / 1000  # CacheSettings.grace_ms
 FAST_CACHE_ENV: dict[str, str] = {
     "CACHE_LEASE_MS": str(LEASE_MS),
     "CACHE_HEARTBEAT_MS": str(HEARTBEAT_MS),
+    "CACHE_SLOT_LEASE_MS": str(SLOT_LEASE_MS),
     "CACHE_SUSPECT_AFTER_MS": "2000",
     "CACHE_DEAD_AFTER_MS": "4000",
     "CACHE_TXN_TIMEOUT_MS": "5000",
@@ -190,7 +194,7 @@ class CacheCluster:
 
     def home_of(self, key: str) -> str:
         """The key's home, from the ring every node agrees on (3 live members)."""
-        return HashRing(self.ids, vnodes=1024).owner(key)
+        return ring_home(self.ids, key)
 
     def key_homed_at(self, node: str, prefix: str = "k") -> str:
         return next(k for k in (f"{prefix}{i}" for i in range(1000)) if self.home_of(k) == node)
@@ -278,6 +282,11 @@ class CacheCluster:
         await wait_for(self.rings, agreed, timeout_s, f"every ring to be {want}")
 
 
+def ring_home(members: list[str], key: str) -> str:
+    """The node a ring of `members` names to hold the key's slot (its home)."""
+    return HashRing(members, vnodes=1024).owner(slot_name(key_slot(key)))
+
+
 def _start(
     workdir: Path, extra_env: Mapping[str, str] | None
 ) -> tuple[dict[str, NodeProcess], dict[str, str], ProxyMesh, RedisServer]:
@@ -337,10 +346,12 @@ async def cache_cluster(
 __all__ = [
     "GRACE_S",
     "LEASE_MS",
+    "SLOT_LEASE_MS",
     "CacheCluster",
     "History",
     "Reply",
     "cache_cluster",
     "read_loop",
+    "ring_home",
     "wait_for",
 ]

@@ -18,7 +18,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from cache_it_harness import LEASE_MS, CacheCluster, History, cache_cluster, read_loop, wait_for
+from cache_it_harness import (
+    LEASE_MS,
+    SLOT_LEASE_MS,
+    CacheCluster,
+    History,
+    cache_cluster,
+    read_loop,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -97,9 +105,12 @@ async def test_sigstop_of_a_node_during_writes(tmp_path: Path) -> None:
 async def test_redis_down_misses_and_writes_503_while_hits_go_on(tmp_path: Path) -> None:
     async with cache_cluster(tmp_path) as c:
         key = c.key_homed_at("node1", prefix="held")
-        assert (await c.put("node1", key, "kept")).status == 200
-        assert (await c.get("node2", key)).field("state") == "S"
+        other = c.key_homed_at("node1", prefix="also")  # no write touches it
+        for k in (key, other):
+            assert (await c.put("node1", k, "kept")).status == 200
+            assert (await c.get("node2", k)).field("state") == "S"
         await asyncio.to_thread(c.redis.stop)
+        down_at = time.monotonic()
         try:
             await asyncio.sleep(2 * LEASE_MS / 1000)  # renewals need no Redis
             hit = await c.get("node2", key)
@@ -108,6 +119,11 @@ async def test_redis_down_misses_and_writes_503_while_hits_go_on(tmp_path: Path)
             assert miss.status == 503 and miss.code == "unavailable", miss.body
             put = await c.put("node3", key, "lost")
             assert put.status == 503 and put.code == "unavailable", put.body
+            # node1 cannot renew its slot lease, so it stops renewing copies: the hits end
+            # within the slot lease and a copy lease.
+            await wait_for(lambda: c.get("node2", other), lambda r: r.status == 503, 10, "503")
+            hits_for_s = time.monotonic() - down_at
+            assert 2.0 < hits_for_s < (SLOT_LEASE_MS + LEASE_MS) / 1000 + 1.0, hits_for_s
         finally:
             await asyncio.to_thread(c.redis.start)
         put = await wait_for(

@@ -9,7 +9,12 @@ handlers do with the plans, one message or one tick at a time instead of with aw
   `may_complete` each tick; when ready, write memory, and complete on the *next* tick, so a
   crash can fall between the Redis write and the answer, as it can between two awaits;
 * a queued request waits at most `txn_timeout_ms`, then is aborted and answered 503;
-* a failing Redis call aborts the transaction and answers 503.
+* a failing Redis call aborts the transaction and answers 503;
+* slots, as `home.py` does: a request for a key whose slot this node does not hold (or
+  whose view names another home) is refused with 503 ``not_home`` naming the holder; a
+  read or write completes with a copy only while the slot is held and past its grace
+  (else the value without a copy, state I); a write waits for that grace and lands in
+  memory only if the slot still holds this node's tenure; renewals of other keys fail.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from simcache_world import Msg, RedisDownError
 
+from distcluster_worker.cache_role.slots import key_slot
 from distcluster_worker.coherence import (
     Directory,
     Plan,
@@ -56,13 +62,35 @@ class SimHome:
         self._waiters: dict[int, _Waiter] = {}
         self._writes: dict[int, _WriteRun] = {}
 
+    # -- slots -------------------------------------------------------------------------------
+
+    def acting(self, key: str) -> bool:
+        node = self.node
+        return node.ring_home(key) == node.node_id and node.slots.holds(key_slot(key), node.now)
+
+    def may_grant(self, key: str) -> bool:
+        return self.acting(key) and self.node.now >= self.node.slots.grants_from(key_slot(key))
+
+    def _refuse(self, msg: Msg) -> bool:
+        """Answer 503 not_home (naming the holder) unless this node acts as the key's home."""
+        key = msg.body["key"]
+        if self.acting(key):
+            return False
+        holder = self.node.slots.holder(key_slot(key), self.node.now)
+        self.node.reply(msg, 503, {"code": "not_home", "holder": holder})
+        return True
+
     # -- requests ------------------------------------------------------------------------
 
     def on_read(self, msg: Msg) -> None:
+        if self._refuse(msg):
+            return
         key, node = msg.body["key"], msg.body["node"]
         self._begin(self.directory.request_read(key, node, self.node.now), msg)
 
     def on_write(self, msg: Msg) -> None:
+        if self._refuse(msg):
+            return
         key, node, value = msg.body["key"], msg.body["node"], msg.body["value"]
         dropped = msg.body["dropped"]
         mine = dropped[1] if dropped is not None and dropped[0] == self.epoch else None
@@ -75,7 +103,11 @@ class SimHome:
         self.node.reply(msg, 200, {"ok": self.renew(msg.body["node"], entries)})
 
     def renew(self, node: str, entries: list[tuple[str, tuple[int, int]]]) -> list[bool]:
-        mine = [i for i, (_, grant) in enumerate(entries) if grant[0] == self.epoch]
+        mine = [
+            i
+            for i, (key, grant) in enumerate(entries)
+            if grant[0] == self.epoch and self.may_grant(key)
+        ]
         leases = self.directory.renew_all(
             node, [(entries[i][0], entries[i][1][1]) for i in mine], self.node.now
         )
@@ -150,7 +182,7 @@ class SimHome:
 
     def _read_memory(self, plan: Plan, msg: Msg) -> None:
         try:
-            value, version = self.node.world.memory.read(plan.key)
+            value, version = self.node.redis().read(plan.key)
         except RedisDownError:
             self._fail(plan, msg, 503, "unavailable")
             return
@@ -161,6 +193,11 @@ class SimHome:
         self._read_done(plan, msg, value, version)
 
     def _read_done(self, plan: Plan, msg: Msg, value: str, version: int) -> None:
+        if not self.may_grant(plan.key):
+            self._abort(plan.txn_id)
+            answer = self._uncached(plan, found=True, value=value, version=version)
+            self.node.reply(msg, 200, answer)
+            return
         done = self.directory.complete(plan.txn_id, self.node.now)
         reply = {
             "found": True,
@@ -202,10 +239,17 @@ class SimHome:
             if run is not None:
                 self._advance_write(run)
 
+    def _uncached(self, plan: Plan, **answer: Any) -> dict[str, Any]:
+        return {**answer, "state": "I", "grant": (self.epoch, plan.txn_id)}
+
     def _advance_write(self, run: _WriteRun) -> None:
         plan, now = run.plan, self.node.now
         if run.written_version is not None:
             del self._writes[plan.txn_id]
+            if not self.may_grant(plan.key) or not self.directory.may_complete(plan.txn_id, now):
+                self._abort(plan.txn_id)
+                self.node.reply(run.msg, 200, self._uncached(plan, version=run.written_version))
+                return
             done = self.directory.complete(plan.txn_id, now)
             reply = {
                 "version": run.written_version,
@@ -215,11 +259,24 @@ class SimHome:
             self.node.reply(run.msg, 200, reply)
             self._dispatch(done.started)
             return
+        if not self.acting(plan.key):
+            del self._writes[plan.txn_id]
+            self._fail(plan, run.msg, 503, "not_home")
+            return
         if run.pending or not self.directory.may_complete(plan.txn_id, now):
+            return
+        if not self.may_grant(plan.key):
+            return  # the grace of a slot just acquired
+        slot, world = key_slot(plan.key), self.node.world
+        tenure = self.node.slots.tenure(slot)
+        if not world.slot_store.fenced(slot, self.node.node_id, tenure, world.true_ms):
+            del self._writes[plan.txn_id]
+            self._fail(plan, run.msg, 503, "not_home")
+            world.count("write fenced")
             return
         value = run.msg.body["value"]
         try:
-            run.written_version = self.node.world.memory.write(plan.key, value)
+            run.written_version = self.node.redis().write(plan.key, value)
         except RedisDownError:
             del self._writes[plan.txn_id]
             self._fail(plan, run.msg, 503, "unavailable")

@@ -7,6 +7,14 @@ reply, or with a timeout (status 0) once the caller's own clock passes the deadl
 the RPC client would. A call to the node itself is delivered in-process (no loss, no cut,
 no timeout), like the shell's local delivery.
 
+Views and slots: each node hears its peers (a heartbeat every `heartbeat_ms`, and any
+message counts) and drops from its view a peer silent for `dead_after_ms`; the ring over
+its view names the node that should hold each key's slot. Every quarter slot lease (and
+at once when the view changes) it runs a slot round on the world's `InMemorySlots` (Redis),
+with a random delay before Redis runs it, and applies the answer; a round fails with the
+flaky Redis. A request goes to the home its view names; a ``not_home`` answer that names
+another holder sends it there, once, as the shell does.
+
 Client operations are recorded in the world's `History` with the step they started and
 answered at; hits answer in the step they start. A node that crashes is replaced by a new
 `SimNode` (empty, new incarnation); replies addressed to the old one find no call and are
@@ -15,22 +23,38 @@ dropped, like answers on a connection whose process died.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from simcache_home import SimHome
-from simcache_world import Clock, History, Msg, Op, RedisDownError
+from simcache_world import Clock, History, Memory, Msg, Op, RedisDownError
 
 from distcluster_worker.cache_role.local import Evicted, LocalCache
-from distcluster_worker.coherence import CopyTable, MesiState, Renewal, Ticket
+from distcluster_worker.cache_role.slots import key_slot
+from distcluster_worker.coherence import (
+    CopyTable,
+    MesiState,
+    Renewal,
+    SlotTable,
+    Ticket,
+    slot_name,
+    wanted_slots,
+)
 from distcluster_worker.eviction import Line, LineStore
+from distcluster_worker.ring import HashRing
 
 if TYPE_CHECKING:
     from simcache_run import CacheSim
 
 OnReply = Callable[[int, dict[str, Any]], None]
 NO_TIMEOUT = 1 << 62
+
+
+@functools.cache
+def ring_of(members: frozenset[str]) -> HashRing:
+    return HashRing(sorted(members))
 
 
 @dataclass
@@ -49,6 +73,13 @@ class SimNode:
         store = LineStore(world.spec.capacity, world.spec.policy)
         copies = CopyTable(timing.serve_ms, fence_keep_ms=2 * timing.lease_ms)
         self.local = LocalCache(store, copies)
+        self.slots = SlotTable(
+            node_id, lease_ms=timing.slot_lease_ms, copy_lease_ms=timing.lease_ms
+        )
+        self.heard = {n: self.now for n in world.node_ids if n != node_id}
+        self._view = frozenset(world.node_ids)
+        self._next_beat = self.now
+        self._next_round = self.now
         self.home = SimHome(self)
         self.ops: dict[int, Op] = {}
         self._calls: dict[int, _Call] = {}
@@ -60,6 +91,7 @@ class SimNode:
             "home_evicted": self.home.on_evicted,
             "bus_read": self._on_bus_read,
             "invalidate": self._on_invalidate,
+            "heartbeat": lambda msg: None,
         }
 
     @property
@@ -69,6 +101,12 @@ class SimNode:
     @property
     def history(self) -> History:
         return self.world.history
+
+    def redis(self) -> Memory:
+        """Memory as this node reaches it (raises RedisDownError while it is cut off)."""
+        if self.world.redis_cut(self.node_id):
+            raise RedisDownError("cut off from Redis")
+        return self.world.memory
 
     def rpc_timeout(self, dst: str) -> int:
         return NO_TIMEOUT if dst == self.node_id else self.world.timing.rpc_timeout_ms
@@ -86,6 +124,8 @@ class SimNode:
         self.world.send(Msg(self.node_id, msg.src, "reply", msg.call, {"status": status, **body}))
 
     def deliver(self, msg: Msg) -> None:
+        if msg.src != self.node_id:
+            self.heard[msg.src] = self.now
         if msg.kind == "reply":
             call = self._calls.pop(msg.call, None)
             if call is not None:
@@ -100,6 +140,7 @@ class SimNode:
             if call is not None and call.deadline_ms <= now:
                 del self._calls[call_id]
                 call.on_reply(0, {})
+        self._membership(now)
         self.home.tick()
         if now >= self._next_renewal:
             # The shell's renewal and tick loops both run about every quarter lease; a
@@ -107,6 +148,37 @@ class SimNode:
             self._next_renewal = now + self.world.timing.renew_every_ms
             self._renew_round()
             self.local.purge_expired(now)
+
+    # -- views and slots -------------------------------------------------------------------
+
+    def ring_home(self, key: str) -> str:
+        """The node this node's view names to hold the key's slot."""
+        return ring_of(self._view).owner(slot_name(key_slot(key)))
+
+    def _membership(self, now: int) -> None:
+        timing = self.world.timing
+        if now >= self._next_beat:
+            self._next_beat = now + timing.heartbeat_ms
+            for peer in sorted(self.heard):
+                self.world.send(Msg(self.node_id, peer, "heartbeat", 0, {}))
+        alive = {p for p, t in self.heard.items() if now - t < timing.dead_after_ms}
+        view = frozenset({self.node_id, *alive})
+        if view != self._view:
+            self._view = view
+            self.world.count("view changed")
+            self._next_round = now
+        if now >= self._next_round:
+            self._slot_round(now)
+
+    def _slot_round(self, now: int) -> None:
+        """Plan a round now; the world runs it in Redis a little later, or never."""
+        wanted = wanted_slots(ring_of(self._view).owner, self.node_id)
+        sent = self.slots.plan(wanted, now)
+        pause = self.world.timing.slot_round_ms
+        if wanted - set(self.slots.held(now)):
+            pause = max(10, pause // 4)
+        self._next_round = now + pause
+        self.world.slot_round(self, sent)
 
     # -- client operations ---------------------------------------------------------------
 
@@ -119,12 +191,32 @@ class SimNode:
             self.world.count("hit")
             return
         self.world.count("miss")
-        home = self.world.home_of(key)
-        ticket = self.local.begin_read(key, home, self.now)
+        ticket = self.local.begin_read(key, self.ring_home(key), self.now)
         self.ops[op.op_id] = op
         body = {"key": key, "node": self.node_id}
-        timeout = self._home_timeout(home)
-        self.call(home, "home_read", body, timeout, lambda s, b: self._read_done(op, ticket, s, b))
+        self._home_call(ticket, "home_read", body, lambda t, s, b: self._read_done(op, t, s, b))
+
+    def _home_call(
+        self,
+        ticket: Ticket,
+        kind: str,
+        body: dict[str, Any],
+        done: Callable[[Ticket, int, dict[str, Any]], None],
+        retry: bool = True,
+    ) -> None:
+        """Call the ticket's home; on ``not_home`` naming another holder, call it, once."""
+
+        def answered(status: int, reply: dict[str, Any]) -> None:
+            holder = reply.get("holder") if reply.get("code") == "not_home" else None
+            if retry and isinstance(holder, str) and holder != ticket.home:
+                self.world.count("not_home retried")
+                again = replace(ticket, home=holder)
+                self._home_call(again, kind, body, done, retry=False)
+                return
+            done(ticket, status, reply)
+
+        home = ticket.home
+        self.call(home, kind, body, self._home_timeout(home), answered)
 
     def _read_done(self, op: Op, ticket: Ticket, status: int, body: dict[str, Any]) -> None:
         self.ops.pop(op.op_id, None)
@@ -142,14 +234,10 @@ class SimNode:
         """A PUT (or, with `value` None, a DELETE) through the key's home."""
         kind = "delete" if value is None else "write"
         op = self.history.begin(self.node_id, key, kind, self.world.t, value)
-        home = self.world.home_of(key)
-        ticket = self.local.begin_write(key, home, self.now)
+        ticket = self.local.begin_write(key, self.ring_home(key), self.now)
         self.ops[op.op_id] = op
         body = {"key": key, "node": self.node_id, "value": value, "dropped": ticket.dropped}
-        timeout = self._home_timeout(home)
-        self.call(
-            home, "home_write", body, timeout, lambda s, b: self._write_done(op, ticket, s, b)
-        )
+        self._home_call(ticket, "home_write", body, lambda t, s, b: self._write_done(op, t, s, b))
 
     def _write_done(self, op: Op, ticket: Ticket, status: int, body: dict[str, Any]) -> None:
         self.ops.pop(op.op_id, None)
@@ -174,7 +262,7 @@ class SimNode:
         self.world.count("evicted")
         if gone.line.dirty:
             try:
-                self.world.memory.write_back(gone.key, gone.line.value, gone.line.version)
+                self.redis().write_back(gone.key, gone.line.value, gone.line.version)
             except RedisDownError:
                 pass
         body = {"key": gone.key, "node": self.node_id, "grant": gone.held.grant}
@@ -191,7 +279,7 @@ class SimNode:
             return
         if b["write_back"] and line.dirty:
             try:
-                self.world.memory.write_back(b["key"], line.value, line.version)
+                self.redis().write_back(b["key"], line.value, line.version)
             except RedisDownError:
                 pass
         self.reply(msg, 200, {"value": line.value, "version": line.version})

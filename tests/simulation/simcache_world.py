@@ -6,6 +6,9 @@ its own clock, `offset + t * TICK_MS * rate / 1000` (integer ms), with a rate wi
 `MAX_DRIFT_PERMILLE` of 1000: the nodes' margin between serve time and lease (10%) covers
 that drift, so a run that breaks a lease through drift is a real finding, not noise.
 
+Redis' side of the slot leases is the in-memory twin of their Lua script
+(`coherence.InMemorySlots`) on the simulation's true time.
+
 `Memory` is Redis: one (value, version) per key, written only by the homes (write-through
 with a version that grows by one per write, as `store.py`'s Lua script does) and by
 version-fenced write-backs. It can be made flaky: a read or write then fails, and a failing
@@ -30,7 +33,13 @@ class Timing:
     rpc_timeout_ms: int = 150
     txn_timeout_ms: int = 500
     heartbeat_ms: int = 50
+    dead_after_ms: int = 300  # silence before a node drops a peer from its view
+    slot_lease_ms: int = 600
     renew: bool = True  # False: copies are never renewed (what renewal buys, in a test)
+
+    @property
+    def slot_round_ms(self) -> int:
+        return self.slot_lease_ms // 4
 
     @property
     def serve_ms(self) -> int:

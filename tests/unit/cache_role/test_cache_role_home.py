@@ -2,6 +2,10 @@
 period that waits for every live peer's acknowledgement, a home that leaves the cluster
 or loses a key in the middle of a transaction, and writes that wait out the grace.
 
+The slot leases come in through a fake gate (`Slots`): a home that does not hold a key's
+slot refuses it (naming the holder), grants nothing in the grace of a slot it just
+acquired, and writes nothing once its tenure is no longer the slot's (the fenced write).
+
 Each rule closes a window in which two nodes could both act as a key's home (a node that
 joins while its peers have not heard of it yet; a home still busy with a key that moved
 on; a home that is leaving): the new home would grant a copy or complete a write that the
@@ -38,14 +42,17 @@ class Clock:
 class Memory:
     """Redis as main memory: (value, version) per key, every write recorded."""
 
-    def __init__(self) -> None:
-        self.values: dict[str, tuple[str | None, int]] = {}
-        self.writes: list[tuple[str, str | None]] = []
-
     async def read(self, key: str) -> tuple[str | None, int]:
         return self.values.get(key, (None, 0))
 
-    async def write(self, key: str, value: str | None) -> int:
+    def __init__(self) -> None:
+        self.values: dict[str, tuple[str | None, int]] = {}
+        self.writes: list[tuple[str, str | None]] = []
+        self.slot_tenure = "me|1"  # what the slot key holds (another home may take it)
+
+    async def write(self, key: str, value: str | None, fence: tuple[str, str]) -> int | None:
+        if fence[1] != self.slot_tenure:
+            return None
         version = self.values.get(key, (None, 0))[1] + 1
         self.values[key] = (value, version)
         self.writes.append((key, value))
@@ -67,7 +74,30 @@ class Ring:
         return self.owned
 
 
-def make_home(clock: Clock, ring: Ring, send: Send = unreachable) -> tuple[Home, Memory]:
+class Slots:
+    """The slot leases as the home sees them; the test changes them."""
+
+    def __init__(self) -> None:
+        self.held = True
+        self.since = 0  # grants_from
+        self.other: str | None = "p2"
+
+    def acting(self, key: str) -> bool:
+        return self.held
+
+    def grants_from(self, key: str) -> int:
+        return self.since if self.held else 1 << 62
+
+    def holder(self, key: str) -> str | None:
+        return "me" if self.held else self.other
+
+    def fence(self, key: str) -> tuple[str, str] | None:
+        return ("slot-key", "me|1") if self.held else None
+
+
+def make_home(
+    clock: Clock, ring: Ring, send: Send = unreachable, slots: Slots | None = None
+) -> tuple[Home, Memory]:
     memory = Memory()
     memory.values["k"] = ("v0", 1)
     home = Home(
@@ -78,14 +108,17 @@ def make_home(clock: Clock, ring: Ring, send: Send = unreachable) -> tuple[Home,
         store=memory,  # type: ignore[arg-type]
         send=send,
         owns=ring.owns,
+        slots=slots if slots is not None else Slots(),
         peers=lambda: ring.peers,
     )
     return home, memory
 
 
-async def settled(clock: Clock, ring: Ring, send: Send = unreachable) -> tuple[Home, Memory]:
+async def settled(
+    clock: Clock, ring: Ring, send: Send = unreachable, slots: Slots | None = None
+) -> tuple[Home, Memory]:
     """A home past its start-up grace: every peer acknowledged, a lease passed."""
-    home, memory = make_home(clock, ring, send)
+    home, memory = make_home(clock, ring, send, slots)
     for peer in ring.peers:
         home.acked(peer, clock.t)
     clock.t += GRACE
@@ -219,3 +252,46 @@ async def test_a_peer_that_left_is_no_longer_waited_for() -> None:
     assert (await home.read("k", "p1"))["state"] == "I"
     clock.t = forgotten_at + LEASE
     assert (await home.read("k", "p1"))["state"] == "E"
+
+
+# -- slot leases ------------------------------------------------------------------------------
+
+
+async def test_a_home_without_the_slot_refuses_and_names_the_holder() -> None:
+    clock, ring, slots = Clock(), Ring(["p1"]), Slots()
+    home, memory = await settled(clock, ring, slots=slots)
+    granted = await home.read("k", "p1")
+    assert granted["state"] == "E"
+    slots.held = False  # its view still names it, but p2 holds the slot in Redis
+    for request in (home.read("k", "p1"), home.write("k", "p1", "v1")):
+        with pytest.raises(ApiError) as info:
+            await request
+        assert (info.value.status, info.value.code) == (503, "not_home")
+        assert info.value.extra == {"holder": "p2"}
+    assert home.renew("p1", [("k", *granted["grant"])]) == [False]  # renewals stop
+    assert memory.writes == []
+
+
+async def test_a_slot_just_acquired_grants_no_copy_and_completes_no_write_in_its_grace() -> None:
+    clock, ring, slots = Clock(), Ring(["p1"]), Slots()
+    home, memory = await settled(clock, ring, slots=slots)
+    slots.since = clock.t + LEASE  # the previous holder's copies may run until then
+    assert (await home.read("k", "p1"))["state"] == "I"
+    write = asyncio.create_task(home.write("k", "w", "v1"))
+    await asyncio.sleep(0.25)
+    assert memory.writes == [] and not write.done()
+    clock.t += LEASE
+    answer = await asyncio.wait_for(write, 5)
+    assert memory.writes == [("k", "v1")] and answer["state"] == "M"  # a copy, now
+
+
+async def test_a_write_after_the_slot_changed_hands_in_redis_writes_nothing() -> None:
+    """The home still counts its slot (its local lease has not run out) but Redis gave it
+    to another node: the fenced write refuses, and the write ends in 503 not_home."""
+    clock, ring = Clock(), Ring(["p1"])
+    home, memory = await settled(clock, ring)
+    memory.slot_tenure = "p2|2"
+    with pytest.raises(ApiError) as info:
+        await home.write("k", "p1", "v1")
+    assert (info.value.status, info.value.code) == (503, "not_home")
+    assert memory.writes == [] and home.directory.active("k") is None

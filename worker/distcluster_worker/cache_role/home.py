@@ -37,6 +37,16 @@ another home meanwhile) grants nothing and completes no write until
   is declared dead, and one never heard when it leaves the registry (``forget_peers``);
   either way the count goes on without it.
 
+Slot leases (`slots.py`): views can differ for long (an asymmetric partition), so the ring
+alone could make two nodes act as one key's home. A node therefore acts as a key's home
+only while it also holds the key's slot in Redis (``slots.acting``); a transaction checks
+that when it starts and again before it grants or completes anything, a renewal only
+renews copies of held slots, and the Redis write itself is fenced by the slot's tenure
+(``slots.fence``), so a home that lost its slot writes nothing (503 ``not_home``). A slot
+just acquired grants no copy and completes no write until ``slots.grants_from``: the
+previous holder's copies have run out by then. A ``not_home`` answer names the slot's
+holder as far as this node knows (``holder``), so the requester can ask it instead.
+
 Leaving (``leave``, when a graceful stop begins): the node grants, renews and completes
 nothing more, so that the homes that take its keys over, whose grace starts when they see
 it leave the registry, outlast every copy it granted.
@@ -47,7 +57,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -65,6 +75,18 @@ T = TypeVar("T")
 Send = Callable[[str, str, dict[str, Any]], Awaitable[tuple[int, Any]]]
 # The directory's grace end while a peer has not acknowledged the change yet.
 UNTIL_ACKED = 1 << 62
+
+
+class SlotGate(Protocol):
+    """What the home asks the slot leases about a key (see the module docstring)."""
+
+    def acting(self, key: str) -> bool: ...
+
+    def grants_from(self, key: str) -> int: ...
+
+    def holder(self, key: str) -> str | None: ...
+
+    def fence(self, key: str) -> tuple[str, str] | None: ...
 
 
 @dataclass(slots=True)
@@ -100,10 +122,12 @@ class Home:
         store: CacheStore,
         send: Send,
         owns: Callable[[str], bool],
+        slots: SlotGate,
         peers: Callable[[], Iterable[str]] = tuple,
     ) -> None:
-        """`peers`: the other members a grace period waits for (see the module
-        docstring)."""
+        """`owns`: whether this node's ring names it the key's home; `slots`: whether it
+        holds the key's slot; `peers`: the other members a grace period waits for (see the
+        module docstring)."""
         self.node_id = node_id
         self.epoch = epoch
         self.times = times
@@ -111,6 +135,7 @@ class Home:
         self.store = store
         self.send = send
         self.owns = owns
+        self.slots = slots
         self.peers = peers
         self.leaving = False
         now = mono()
@@ -182,13 +207,25 @@ class Home:
         return now
 
     def _still_home(self, key: str) -> bool:
-        return not self.leaving and self.owns(key)
+        return not self.leaving and self.owns(key) and self.slots.acting(key)
+
+    def _may_grant(self, key: str) -> bool:
+        """Home of the key, and past the grace of a slot just acquired."""
+        return self._still_home(key) and self.mono() >= self.slots.grants_from(key)
 
     def _require_home(self, key: str) -> None:
         if self.leaving:
             raise ApiError(503, "not_home", f"{self.node_id} is leaving the cluster")
         if not self.owns(key):
             raise ApiError(503, "not_home", f"{self.node_id} is not the home of {key!r}")
+        if not self.slots.acting(key):
+            holder = self.slots.holder(key)
+            raise ApiError(
+                503,
+                "not_home",
+                f"{self.node_id} does not hold the slot of {key!r} (holder: {holder})",
+                holder=holder,
+            )
 
     # -- transactions -------------------------------------------------------------------
 
@@ -204,8 +241,9 @@ class Home:
         if value is None:
             self._abort(plan.txn_id)
             return {"found": False}
-        if not self._still_home(key):
-            # The key moved on while the read ran: the value, but no copy to keep.
+        if not self._may_grant(key):
+            # The key moved on while the read ran (or its slot was just acquired): the
+            # value, but no copy to keep.
             self._abort(plan.txn_id)
             return self._uncached(plan, found=True, value=value, version=version)
         done = self.directory.complete(plan.txn_id, self.mono())
@@ -233,18 +271,29 @@ class Home:
             self._require_home(key)  # it may have waited in the queue while the key moved
             await self._invalidate_all(plan)
             await self._wait_ready(plan)
-            self._require_home(key)
-            version = await _redis(self.store.write(key, value))
+            version = await self._write_fenced(key, value)
         except BaseException:
             self._abort(plan.txn_id)
             raise
-        if not self._still_home(key) or not self.directory.may_complete(plan.txn_id, self.mono()):
+        if not self._may_grant(key) or not self.directory.may_complete(plan.txn_id, self.mono()):
             # Written, but the key moved on (or a grace began) meanwhile: no copy to keep.
             self._abort(plan.txn_id)
             return self._uncached(plan, version=version)
         done = self.directory.complete(plan.txn_id, self.mono())
         self._dispatch(done.started)
         return {"version": version, "state": done.state.value, "grant": self.wire(done.grant)}
+
+    async def _write_fenced(self, key: str, value: str | None) -> int:
+        """Write Redis if the key's slot still holds this home's tenure; 503 otherwise."""
+        self._require_home(key)
+        fence = self.slots.fence(key)
+        version = await _redis(self.store.write(key, value, fence)) if fence else None
+        if version is None:
+            holder = self.slots.holder(key)
+            raise ApiError(
+                503, "not_home", f"{self.node_id} lost the slot of {key!r}", holder=holder
+            )
+        return version
 
     def _uncached(self, plan: Plan, **answer: Any) -> dict[str, Any]:
         """The answer to a transaction that ends without a copy for its requester."""
@@ -257,7 +306,7 @@ class Home:
         mine = [
             i
             for i, (key, epoch, _) in enumerate(entries)
-            if epoch == self.epoch and self._still_home(key)
+            if epoch == self.epoch and self._may_grant(key)
         ]
         leases = self.directory.renew_all(node, [(entries[i][0], entries[i][2]) for i in mine], now)
         ok = [False] * len(entries)
@@ -320,7 +369,7 @@ class Home:
         the grace period is over; 503 if the grace still waits for a peer's acknowledgement
         `txn_timeout_ms + grace_ms` later, or the key moves on meanwhile."""
         give_up = self.mono() + self.times.txn_timeout_ms + self.times.grace_ms
-        while not self.directory.may_complete(plan.txn_id, self.mono()):
+        while not self._ready(plan):
             self._require_home(plan.key)
             now = self.mono()
             if now >= give_up:
@@ -328,8 +377,15 @@ class Home:
                 raise ApiError(
                     503, "busy", f"key {plan.key!r}: its home waits for its peers ({waiting})"
                 )
-            until = min(max(plan.wait_until, self.directory.grace_until), give_up)
+            slot_grace = self.slots.grants_from(plan.key)
+            until = min(max(plan.wait_until, self.directory.grace_until, slot_grace), give_up)
             await asyncio.sleep(min(max(until - now, 2), 100) / 1000)
+
+    def _ready(self, plan: Plan) -> bool:
+        now = self.mono()
+        return self.directory.may_complete(plan.txn_id, now) and now >= self.slots.grants_from(
+            plan.key
+        )
 
     def _abort(self, txn_id: int) -> None:
         try:

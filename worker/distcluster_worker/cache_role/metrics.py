@@ -2,7 +2,8 @@
 
 Counters mirror `/cache/stats` (hits, misses, evictions, invalidations and bus reads by
 direction, write-backs, renewals); the histograms give GET and PUT/DELETE latency; the
-gauge counts local lines per MESI state (refreshed by the node's tick loop).
+gauges count local lines per MESI state (refreshed by the node's tick loop) and the
+slots this node holds (refreshed by its slot loop).
 """
 
 from __future__ import annotations
@@ -37,5 +38,8 @@ class CacheMetrics:
             "PUT and DELETE latency",
             buckets=_LATENCY_BUCKETS,
             registry=r,
+        )
+        self.home_slots = Gauge(
+            "distcluster_cache_home_slots", "Slots this node holds (acts as home of)", registry=r
         )
         self.lines = Gauge("distcluster_cache_lines", "Lines per state", ["state"], registry=r)

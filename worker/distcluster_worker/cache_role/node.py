@@ -1,8 +1,12 @@
 """The `cache` node: node-local caches over Redis, kept coherent by MESI with home nodes.
 
-Every key has a home: ``ring.owner(key)`` over the live members (heartbeats feed a
-``Membership`` core, as in the queue role). The home runs the key's ``Directory``
-(`home.py`): it orders the key's transactions one at a time and knows the copies.
+Every key has a home: the ring (over the live members; heartbeats feed a ``Membership``
+core, as in the queue role) names the node that should hold the key's slot, and that node
+acts as the key's home only while it holds the slot in Redis (`slots.py`, one round every
+quarter slot lease). The home runs the key's ``Directory`` (`home.py`): it orders the
+key's transactions one at a time and knows the copies. A request that reaches a node the
+ring names but that does not hold the slot gets 503 ``not_home`` with the holder it knows
+of; the requester then asks that holder, once.
 
 Client endpoints: ``GET /cache/{key}`` -> ``{key, value, state}`` (404 ``not_found``);
 ``PUT /cache/{key}`` ``{"value": "<string>"}`` -> ``{key, value, version, state}``, which
@@ -25,8 +29,9 @@ A hit is served from memory only within the copy's serve time. Every ``renew_eve
 node sends each home one batch with the copies that run out soonest, so copies live as long
 as their home answers and are not invalidated or evicted; a node cut off from a home stops
 serving that home's copies within one lease. Reads during a home's grace period are served
-without granting a copy (state ``I``). Redis down: misses and writes are 503, hits go on
-(renewals need no Redis). A node keeps nothing across restarts.
+without granting a copy (state ``I``). Redis down: misses and writes are 503, hits go
+on while the homes' slot leases and then the copies last (renewals need no Redis, but a
+home renews only copies of slots it holds). A node keeps nothing across restarts.
 
 Ring changes: heartbeat answers are acknowledgements that the home's grace waits for, and
 a graceful stop (``on_leaving``) makes the home grant, renew and complete nothing more
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from typing import Any
 
 from aiohttp import web
@@ -47,8 +53,17 @@ from distcluster_worker.cache_role.home import Home, HomeTimes
 from distcluster_worker.cache_role.local import Evicted, LocalCache
 from distcluster_worker.cache_role.metrics import CacheMetrics
 from distcluster_worker.cache_role.settings import CacheSettings, load_cache_settings
+from distcluster_worker.cache_role.slots import SlotLeases, key_slot
 from distcluster_worker.cache_role.store import CacheStore
-from distcluster_worker.coherence import CopyTable, MesiState, Renewal, Ticket
+from distcluster_worker.coherence import (
+    CopyTable,
+    MesiState,
+    Renewal,
+    SlotTable,
+    Ticket,
+    slot_name,
+    wanted_slots,
+)
 from distcluster_worker.eviction import Line, LineStore
 from distcluster_worker.membership import Changes
 from distcluster_worker.shell.cluster_view import ClusterView
@@ -83,6 +98,8 @@ class CacheNode(BaseNode):
         self.local = LocalCache(store, copies)
         self._home: Home | None = None
         self._store: CacheStore | None = None
+        self._slots: SlotLeases | None = None
+        self._slots_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._beats: Heartbeats | None = None
@@ -103,13 +120,28 @@ class CacheNode(BaseNode):
             raise RuntimeError("the store exists only after start()")
         return self._store
 
+    @property
+    def slots(self) -> SlotLeases:
+        if self._slots is None:
+            raise RuntimeError("the slot leases exist only after start()")
+        return self._slots
+
     def _mono_ms(self) -> int:
         return loop_ms()
+
+    def ring_home(self, key: str) -> str:
+        """The node this node's ring names to hold the key's slot."""
+        return self.view.owner(slot_name(key_slot(key)))
 
     # -- life cycle ------------------------------------------------------------------
 
     async def on_start(self) -> None:
         self._store = CacheStore(self.redis, self.settings.redis_key("cache"))
+        me = self.settings.node_id
+        table = SlotTable(me, lease_ms=self.c.slot_lease_ms, copy_lease_ms=self.c.lease_ms)
+        self._slots = SlotLeases(
+            self.redis, self.settings.redis_key("cache-slots"), table, self._mono_ms
+        )
         incarnation = self.now_ms()
         self._beats = Heartbeats.for_node(
             self,
@@ -126,7 +158,6 @@ class CacheNode(BaseNode):
             stall_ms=self.c.suspect_after_ms,
             txn_timeout_ms=self.c.txn_timeout_ms,
         )
-        me = self.settings.node_id
         self._home = Home(
             me,
             epoch=incarnation,
@@ -134,13 +165,15 @@ class CacheNode(BaseNode):
             mono=self._mono_ms,
             store=self._store,
             send=self._send,
-            owns=lambda key: self.view.owner(key) == me,
+            owns=lambda key: self.ring_home(key) == me,
+            slots=self._slots,
             peers=lambda: [*self.view.ring.members, *self.view.membership.unheard()],
         )
         self._tasks = [
             asyncio.create_task(self._beats.run(), name="cache-heartbeats"),
             asyncio.create_task(self._tick_loop(), name="cache-ticks"),
             asyncio.create_task(self._renew_loop(), name="cache-renewals"),
+            asyncio.create_task(self._slot_loop(), name="cache-slots"),
         ]
 
     async def on_stop(self) -> None:
@@ -155,6 +188,14 @@ class CacheNode(BaseNode):
     def on_leaving(self) -> None:
         if self._home is not None:
             self._home.leave()
+        if self._slots is not None:
+            self._spawn(self._release_slots())
+
+    async def _release_slots(self) -> None:
+        """A leaving node hands its slots back at once, so the next homes need not wait
+        for them to run out in Redis (they still wait a copy lease after taking one)."""
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await self.slots.round(frozenset())
 
     def role_state(self) -> dict[str, Any]:
         unacked = self._home.unacked() if self._home is not None else []
@@ -162,6 +203,7 @@ class CacheNode(BaseNode):
             "membership": self.view.membership.snapshot(),
             "ring": self.view.ring.members,
             "grace_waits_for": unacked,
+            "home_slots": self.slots.held() if self._slots is not None else [],
         }
 
     # -- membership and time -------------------------------------------------------------
@@ -187,6 +229,8 @@ class CacheNode(BaseNode):
                     "live": self.view.ring.members,
                 },
             )
+        if changes.ring_changed:
+            self._slots_wake.set()
         if changes.ring_changed and self._home is not None:
             self._home.start_grace()
 
@@ -204,6 +248,37 @@ class CacheNode(BaseNode):
         if self._beats is None:
             raise ApiError(503, "not_ready", "the node is starting")
         return json_response(self._beats.receive(body))
+
+    # -- slot leases ---------------------------------------------------------------------
+
+    async def _slot_loop(self) -> None:
+        """One slot round every quarter slot lease: acquire or renew the slots this node's
+        ring gives it, release the others. A failed round changes nothing (held slots run
+        out at their local lease end). A ring change runs a round at once (the old home
+        releases, the new one acquires), and while a wanted slot is held by another node
+        rounds come four times as often, so a key's home changes within a few of them."""
+        me = self.settings.node_id
+        while True:
+            self._slots_wake.clear()
+            leaving = self._home is not None and self._home.leaving
+            wanted = frozenset() if leaving else wanted_slots(self.view.owner, me)
+            try:
+                changes = await self.slots.round(wanted)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.log.warning("slot round failed", extra={"error": type(exc).__name__})
+            else:
+                if changes.acquired or changes.lost:
+                    self.log.info(
+                        "slots changed",
+                        extra={"acquired": len(changes.acquired), "lost": len(changes.lost)},
+                    )
+            held = self.slots.held()
+            self.mx.home_slots.set(len(held))
+            pause_ms = self.c.slot_round_ms
+            if wanted - set(held):
+                pause_ms = max(10, pause_ms // 4)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slots_wake.wait(), pause_ms / 1000)
 
     # -- lease renewal -----------------------------------------------------------------
 
@@ -298,9 +373,8 @@ class CacheNode(BaseNode):
                 return json_response({"key": key, "value": line.value, "state": line.state.value})
             self.counts["misses"] += 1
             self.mx.misses.inc()
-            home_id = self.view.owner(key)
-            ticket = self.local.begin_read(key, home_id, now)
-            reply = await self._home_call(home_id, "/cache/home/read", {"key": key})
+            ticket = self.local.begin_read(key, self.ring_home(key), now)
+            ticket, reply = await self._home_call(ticket, "/cache/home/read", {"key": key})
             if not reply.get("found"):
                 raise ApiError(404, "not_found", f"no value for key {key!r}")
             value, version = str(reply["value"]), int(reply["version"])
@@ -319,7 +393,12 @@ class CacheNode(BaseNode):
         problem = m.key_problem(key)
         if problem is not None:
             raise ApiError(400, "bad_request", problem)
-        body = {"key": key, "home": self.view.owner(key), "members": self.view.ring.members}
+        body = {
+            "key": key,
+            "home": self.ring_home(key),
+            "slot": key_slot(key),
+            "members": self.view.ring.members,
+        }
         return json_response(body)
 
     async def _put(self, request: web.Request) -> web.Response:
@@ -342,10 +421,9 @@ class CacheNode(BaseNode):
 
     async def _write(self, key: str, value: str | None) -> tuple[int, str]:
         """Write (or delete) through the home; returns (version, this node's state)."""
-        home_id = self.view.owner(key)
-        ticket = self.local.begin_write(key, home_id, self._mono_ms())
+        ticket = self.local.begin_write(key, self.ring_home(key), self._mono_ms())
         body = {"key": key, "value": value, "dropped": ticket.dropped}
-        reply = await self._home_call(home_id, "/cache/home/write", body)
+        ticket, reply = await self._home_call(ticket, "/cache/home/write", body)
         version = int(reply["version"])
         if value is None:
             return version, MesiState.I.value
@@ -401,6 +479,8 @@ class CacheNode(BaseNode):
                 "policy": self.c.policy,
                 "lease_ms": self.c.lease_ms,
                 "renew_every_ms": self.c.renew_every_ms,
+                "home_slots": len(self.slots.held()),
+                "slot_lease_ms": self.c.slot_lease_ms,
             }
         )
 
@@ -487,8 +567,24 @@ class CacheNode(BaseNode):
             return 200, {"ok": True}
         raise ValueError(f"no local delivery for {path}")
 
-    async def _home_call(self, home_id: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Requester -> home; an error answer is re-raised as the same ApiError."""
+    async def _home_call(
+        self, ticket: Ticket, path: str, body: dict[str, Any]
+    ) -> tuple[Ticket, dict[str, Any]]:
+        """Requester -> the key's home (the ring's); when that node answers ``not_home``
+        naming another holder of the key's slot, the request goes to that holder, once.
+        Returns the ticket with the home that answered (its copy's renewals go there)."""
+        try:
+            return ticket, await self._call_home(ticket.home, path, body)
+        except ApiError as error:
+            holder = error.extra.get("holder") if error.code == "not_home" else None
+            if not isinstance(holder, str) or holder == ticket.home:
+                raise
+        ticket = dataclasses.replace(ticket, home=holder)
+        return ticket, await self._call_home(holder, path, body)
+
+    async def _call_home(self, home_id: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One call to `home_id`; an error answer is re-raised as the same ApiError (with
+        its extra fields)."""
         me = self.settings.node_id
         if home_id == me:
             if path == "/cache/home/read":
@@ -510,8 +606,10 @@ class CacheNode(BaseNode):
         if status == 200 and isinstance(reply, dict):
             return reply
         error = reply.get("error", {}) if isinstance(reply, dict) else {}
-        code = str(error.get("code", "unavailable"))
-        raise ApiError(status or 503, code, str(error.get("message", f"home answered {status}")))
+        error = error if isinstance(error, dict) else {}
+        code = str(error.pop("code", "unavailable"))
+        message = str(error.pop("message", f"home answered {status}"))
+        raise ApiError(status or 503, code, message, extra=error)
 
 
 def _path_key(request: web.Request) -> str:

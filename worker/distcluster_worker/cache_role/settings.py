@@ -31,6 +31,7 @@ class CacheSettings(BaseModel):
     suspect_after_ms: int = Field(default=1500, gt=0)
     dead_after_ms: int = Field(default=3000, gt=0)
     vnodes: int = Field(default=1024, ge=1, le=65536)
+    slot_lease_ms: int = Field(default=3000, ge=200)
 
     @model_validator(mode="after")
     def _check_relations(self) -> CacheSettings:
@@ -39,7 +40,20 @@ class CacheSettings(BaseModel):
                 "CACHE_HEARTBEAT_MS < CACHE_SUSPECT_AFTER_MS < CACHE_DEAD_AFTER_MS must hold, got "
                 f"{self.heartbeat_ms}, {self.suspect_after_ms}, {self.dead_after_ms}"
             )
+        if self.slot_lease_ms < self.lease_ms:
+            raise ValueError(
+                "CACHE_SLOT_LEASE_MS must be at least CACHE_LEASE_MS (a home renews copies only "
+                "while it holds their slot: a shorter slot lease would cut hits during a Redis "
+                "outage below one copy lease), got "
+                f"{self.slot_lease_ms} < {self.lease_ms}"
+            )
         return self
+
+    @property
+    def slot_round_ms(self) -> int:
+        """How often a node runs its slot round (acquire, renew, release) in Redis: four
+        times per slot lease, so one slow or lost round costs no slot."""
+        return self.slot_lease_ms // 4
 
     @property
     def serve_ms(self) -> int:

@@ -18,10 +18,25 @@ from distcluster_worker.coherence.errors import (
 from distcluster_worker.coherence.fences import Fences, Grant
 from distcluster_worker.coherence.plans import Completed, Plan, Queued, TxnKind
 from distcluster_worker.coherence.protocol import TABLE, Transition, transition
+from distcluster_worker.coherence.slots import (
+    SLOTS,
+    Answer,
+    Changes,
+    InMemorySlots,
+    Outcome,
+    Round,
+    SlotTable,
+    slot_name,
+    slot_of,
+    wanted_slots,
+)
 from distcluster_worker.coherence.states import Action, Event, MesiState
 
 __all__ = [
+    "SLOTS",
     "TABLE",
+    "Answer",
+    "Changes",
     "Action",
     "CoherenceInvariantError",
     "Completed",
@@ -31,15 +46,22 @@ __all__ = [
     "Fences",
     "Grant",
     "Held",
+    "InMemorySlots",
     "MesiState",
     "NotReadyError",
+    "Outcome",
     "Plan",
     "Queued",
     "Renewal",
+    "Round",
+    "SlotTable",
     "Ticket",
     "Transition",
     "TxnKind",
     "UnknownTransactionError",
     "require",
+    "slot_name",
+    "slot_of",
     "transition",
+    "wanted_slots",
 ]
