@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from distcluster_worker.shell.errors import ApiError
 from distcluster_worker.shell.peer_calls import (
     PEER_CALLS_PATH,
     PeerCalls,
@@ -35,6 +37,10 @@ class Peer:
             await self.release.wait()
         if path.startswith("/sleep/"):
             await asyncio.sleep(float(path.rsplit("/", 1)[1]))
+        if path == "/refuse":
+            raise ApiError(409, "conflict", "refused", reason="test")
+        if path == "/crash":
+            raise RuntimeError("a bug in a handler")
         return (201 if path == "/created" else 200), body
 
 
@@ -136,5 +142,23 @@ async def test_a_broken_socket_is_dialled_again(peer: tuple[Peer, str]) -> None:
         await next(iter(calls._links.values())).ws.close()
         await asyncio.sleep(0.05)
         assert await calls.call(url, "/echo", b"2", timeout_s=5) == (200, b"2")
+    finally:
+        await calls.close()
+
+
+async def test_a_refusal_or_a_failure_is_a_json_error_and_the_socket_serves_on(
+    peer: tuple[Peer, str],
+) -> None:
+    _, url = peer
+    calls = PeerCalls(connect_timeout_s=2)
+    try:
+        status, body = await calls.call(url, "/refuse", b"", timeout_s=5)
+        assert status == 409
+        assert orjson.loads(body) == {
+            "error": {"code": "conflict", "message": "refused", "reason": "test"}
+        }
+        status, body = await calls.call(url, "/crash", b"", timeout_s=5)
+        assert status == 500 and orjson.loads(body)["error"]["code"] == "internal"
+        assert await calls.call(url, "/echo", b"still", timeout_s=5) == (200, b"still")
     finally:
         await calls.close()

@@ -65,7 +65,6 @@ from distcluster_worker.shell.config import Settings
 from distcluster_worker.shell.discovery import Diff
 from distcluster_worker.shell.errors import (
     ApiError,
-    error_body,
     error_response,
     parse_body,
     parse_json,
@@ -144,7 +143,7 @@ class LockNode(BaseNode):
         # Lock commands forwarded to the leader travel on one WebSocket per peer.
         self.calls = PeerCalls(connect_timeout_s=settings.rpc_timeout_ms / 1000)
         self.call_server = PeerCallServer(
-            self._dispatch, heartbeat_s=5 * settings.rpc_timeout_ms / 1000
+            self._dispatch, heartbeat_s=5 * settings.rpc_timeout_ms / 1000, log=self.log
         )
         self._commands: dict[str, tuple[type[BaseModel], CommandServer]] = {
             "/lock/acquire": (AcquireRequest, self._serve_acquire),
@@ -331,20 +330,15 @@ class LockNode(BaseNode):
         return await self._execute(hop, self._command("renew", body, ttl_ms=ttl_ms))
 
     async def _dispatch(self, target: str, raw: bytes) -> tuple[int, bytes]:
-        """Serve a lock command forwarded on a peer-calls socket (`target`: path?hops=N)."""
+        """Serve a lock command forwarded on a peer-calls socket (`target`: path?hops=N);
+        the call server answers an ApiError or a failure in the JSON error shape."""
         parts = urlsplit(target)
         hops = _hops(parse_qs(parts.query).get("hops", [""])[0])
-        try:
-            found = self._commands.get(parts.path)
-            if found is None:
-                raise ApiError(404, "not_found", f"no forwarded operation {parts.path}")
-            model, serve = found
-            response = await serve(parse_body(raw, model), Hop("POST", parts.path, hops))
-        except ApiError as exc:
-            return exc.status, orjson.dumps(error_body(exc.code, exc.message, **exc.extra))
-        except Exception:  # noqa: BLE001 - a forwarded call must never kill the socket
-            self.log.exception("forwarded call failed", extra={"path": parts.path})
-            return 500, orjson.dumps(error_body("internal", "internal error; see the log"))
+        found = self._commands.get(parts.path)
+        if found is None:
+            raise ApiError(404, "not_found", f"no forwarded operation {parts.path}")
+        model, serve = found
+        response = await serve(parse_body(raw, model), Hop("POST", parts.path, hops))
         body = response.body
         return response.status, body if isinstance(body, bytes) else b""
 

@@ -42,7 +42,6 @@ from distcluster_worker.shell.config import Settings
 from distcluster_worker.shell.discovery import Diff
 from distcluster_worker.shell.errors import (
     ApiError,
-    error_body,
     parse_body,
     parse_json,
     read_body,
@@ -82,7 +81,9 @@ class QueueNode(BaseNode):
         self._ops = self._operations()
         # Forwarded requests travel on one WebSocket per owner (see shell/peer_calls.py).
         self.calls = PeerCalls(connect_timeout_s=settings.rpc_timeout_ms / 1000)
-        self.call_server = PeerCallServer(self._dispatch, heartbeat_s=self.q.dead_after_ms / 1000)
+        self.call_server = PeerCallServer(
+            self._dispatch, heartbeat_s=self.q.dead_after_ms / 1000, log=self.log
+        )
         self._init_metrics()
 
     def _init_metrics(self) -> None:
@@ -298,19 +299,14 @@ class QueueNode(BaseNode):
         return json_response(await op.serve(body, owner))
 
     async def _dispatch(self, path: str, raw: bytes) -> tuple[int, bytes]:
-        """Serve a call forwarded over a peer-calls socket (never forwarded again)."""
+        """Serve a call forwarded over a peer-calls socket (never forwarded again); the
+        call server answers an ApiError or a failure in the JSON error shape."""
         op = self._ops.get(path)
-        try:
-            if op is None:
-                raise ApiError(404, "not_found", f"no peer operation {path}")
-            body = parse_body(raw, op.model)
-            answer = await op.serve(body, self.view.owner(body.topic))
-            return 200, orjson.dumps(answer, default=str)
-        except ApiError as exc:
-            return exc.status, orjson.dumps(error_body(exc.code, exc.message, **exc.extra))
-        except Exception:  # noqa: BLE001 - a forwarded call must never kill the socket
-            self.log.exception("forwarded call failed", extra={"path": path})
-            return 500, orjson.dumps(error_body("internal", "internal error; see the log"))
+        if op is None:
+            raise ApiError(404, "not_found", f"no peer operation {path}")
+        body = parse_body(raw, op.model)
+        answer = await op.serve(body, self.view.owner(body.topic))
+        return 200, orjson.dumps(answer, default=str)
 
     async def _serve_publish(self, body: m.PublishRequest, owner: str) -> dict[str, Any]:
         bodies = body.bodies()

@@ -18,7 +18,9 @@ Failures are the caller's to handle, as with `RpcClient`: a call that cannot be 
 socket that closes with calls in flight, or an answer that does not come within the
 call's timeout raises `RpcError` (the effect of the call is then unknown). A broken
 socket is dialled again by the next call; dialling is bounded by the connect timeout.
-The serving side runs each call through ``dispatch(path, body) -> (status, body)``.
+The serving side runs each call through ``dispatch(path, body) -> (status, body)``; an
+`ApiError` it raises is answered in the JSON error shape, any other failure is logged and
+answered 500 (a forwarded call never kills the socket).
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import struct
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+import orjson
 from aiohttp import web
 
+from distcluster_worker.shell.errors import ApiError, error_body
 from distcluster_worker.shell.rpc import RpcError
 
 PEER_CALLS_PATH = "/peer-calls"
@@ -179,8 +184,14 @@ class PeerCalls:
 class PeerCallServer:
     """The serving side: answers every call of every peer's socket with ``dispatch``."""
 
-    def __init__(self, dispatch: Dispatch, heartbeat_s: float) -> None:
+    def __init__(
+        self,
+        dispatch: Dispatch,
+        heartbeat_s: float,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    ) -> None:
         self._dispatch = dispatch
+        self._log = log if log is not None else logging.getLogger(__name__)
         self._heartbeat_s = heartbeat_s
         self._sockets: set[web.WebSocketResponse] = set()
         self._calls: set[asyncio.Task[None]] = set()
@@ -212,7 +223,17 @@ class PeerCallServer:
     async def _answer(
         self, ws: web.WebSocketResponse, call_id: int, path: str, body: bytes
     ) -> None:
-        status, answer = await self._dispatch(path, body)
+        try:
+            status, answer = await self._dispatch(path, body)
+        except ApiError as exc:
+            status = exc.status
+            answer = orjson.dumps(error_body(exc.code, exc.message, **exc.extra))
+        except Exception:  # noqa: BLE001 - a forwarded call must never kill the socket
+            self._log.exception("forwarded call failed", extra={"path": path})
+            status, answer = (
+                500,
+                orjson.dumps(error_body("internal", "internal error; see the log")),
+            )
         if not ws.closed:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.send_bytes(encode_answer(call_id, status, answer))
