@@ -238,6 +238,31 @@ async def test_restart_recovers_state_from_storage(cluster: Cluster) -> None:
     assert int(stored) >= 1
 
 
+async def test_steady_writes_carry_entries_but_no_hard_state(cluster: Cluster) -> None:
+    """Once term and vote are durable, a moved commit index is never written on its own
+    nor alongside entries: a steady node's write is the entries alone (one RPUSH)."""
+    leader = await cluster.leader()
+    assert isinstance(await cluster.services[leader].execute(_acquire("s0", "alice")), Granted)
+    term = cluster.drivers[leader].node.term
+    writes: dict[str, list[tuple[object, int]]] = {n: [] for n in cluster.storages}
+    for node_id, storage in cluster.storages.items():
+        original = storage.save
+
+        async def save(hard_state, entries, snapshot=None, kept=(), *, _o=original, _n=node_id):  # type: ignore[no-untyped-def]
+            writes[_n].append((hard_state, len(entries)))
+            await _o(hard_state, entries, snapshot, kept)
+
+        storage.save = save  # type: ignore[method-assign]
+    for i in range(10):
+        command = _acquire(f"s{i + 1}", "alice", resource=f"r{i + 1}")
+        assert isinstance(await cluster.services[leader].execute(command), Granted)
+    assert cluster.drivers[leader].node.term == term, "an election came between"
+    assert sum(1 for w in writes.values() if w) >= 2, "a quorum wrote the entries"
+    for node_id, node_writes in writes.items():
+        carried = [(hs, entries) for hs, entries in node_writes if hs is not None or not entries]
+        assert carried == [], node_id
+
+
 # -- compaction ------------------------------------------------------------------------------
 
 

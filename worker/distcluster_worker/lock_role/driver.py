@@ -371,9 +371,10 @@ class RaftDriver:
         """The hard state this write must carry, or None when it can wait.
 
         Term and vote must be durable before any message leaves. The commit index need
-        not be (a restarted node learns it again from the leader, and the core takes
-        the snapshot index as a floor), so a Ready that only moves the commit index
-        costs no Redis round trip: its hard state rides along with the next write.
+        not be (Raft keeps it volatile: a restarted node learns it again from the
+        leader, and the core takes the snapshot index as a floor), so a hard state that
+        only moves the commit index is not written at all: it rides along with the next
+        change of term or vote. A steady leader's or follower's write is then one RPUSH.
         """
         latest = ready.hard_state or self._lagging_hard_state
         if latest is None:
@@ -383,7 +384,7 @@ class RaftDriver:
             durable.term,
             durable.voted_for,
         )
-        if only_commit and not ready.entries and ready.snapshot is None:
+        if only_commit:
             self._lagging_hard_state = latest
             return None
         return latest
