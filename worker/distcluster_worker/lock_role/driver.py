@@ -47,6 +47,8 @@ from distcluster_worker.raft.messages import (
 from distcluster_worker.raft.node import ConfChange, NotLeader, RaftNode
 
 SendBatch = Callable[[str, str, list[Message]], Awaitable[list[Message]]]
+Refuse = Callable[[BaseException], None]
+"""Told why a submitted command could not be proposed (NotLeader)."""
 """(peer id, path, messages) -> the peer's reply messages; raises on any failure."""
 
 VOTE_PATH = "/raft-vote"
@@ -112,7 +114,7 @@ class RaftDriver:
         self._log = log
         self._on_tick = on_tick
         self._mu = asyncio.Lock()
-        self._proposals: list[tuple[str, asyncio.Future[int]]] = []
+        self._proposals: list[tuple[str, asyncio.Future[int] | Refuse]] = []
         self._proposal_wakeup = asyncio.Event()
         self._reads: dict[int, asyncio.Future[int]] = {}
         self._read_ctx = itertools.count(1)
@@ -209,14 +211,17 @@ class RaftDriver:
 
     async def propose(self, data: str) -> int:
         """Append a command through the leader; returns its index (NotLeader otherwise)."""
-        return await self.submit(data)
-
-    def submit(self, data: str) -> asyncio.Future[int]:
-        """Queue a command for the next batch; the future gets its index or NotLeader."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._proposals.append((data, future))
         self._proposal_wakeup.set()
-        return future
+        return await future
+
+    def submit(self, data: str, refuse: Refuse) -> None:
+        """Queue a command for the next batch without waiting for its index (its outcome
+        comes through the state machine); `refuse` gets NotLeader if it cannot be
+        proposed. A client request costs no future and no callback this way."""
+        self._proposals.append((data, refuse))
+        self._proposal_wakeup.set()
 
     async def read_index(self) -> int:
         """Confirm leadership with a quorum; returns the index a linearizable read needs."""
@@ -308,17 +313,19 @@ class RaftDriver:
             except Exception:  # noqa: BLE001 - a storage failure; Raft will retry
                 self._log.warning("stepping replies failed", exc_info=True)
 
-    def _propose_locked(self, batch: list[tuple[str, asyncio.Future[int]]]) -> None:
+    def _propose_locked(self, batch: list[tuple[str, asyncio.Future[int] | Refuse]]) -> None:
         try:
             indexes = self.node.propose_many([data for data, _ in batch])
         except NotLeader as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(NotLeader(exc.leader_id))
+            for _, answer in batch:
+                if not isinstance(answer, asyncio.Future):
+                    answer(NotLeader(exc.leader_id))
+                elif not answer.done():
+                    answer.set_exception(NotLeader(exc.leader_id))
             return
-        for (_, future), index in zip(batch, indexes, strict=True):
-            if not future.done():
-                future.set_result(index)
+        for (_, answer), index in zip(batch, indexes, strict=True):
+            if isinstance(answer, asyncio.Future) and not answer.done():
+                answer.set_result(index)
 
     # -- Ready -----------------------------------------------------------------------
 

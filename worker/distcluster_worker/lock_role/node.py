@@ -91,7 +91,10 @@ class Hop:
 
     @classmethod
     def of(cls, request: web.Request) -> Hop:
-        return cls(request.method, request.path, _hops(request.query.get("hops", "")))
+        # A client's request has no query: parsing an empty one into a MultiDict costs
+        # about as much as the rest of this call.
+        hops = _hops(request.query.get("hops", "")) if request.query_string else 0
+        return cls(request.method, request.path, hops)
 
 
 class LockNode(BaseNode):

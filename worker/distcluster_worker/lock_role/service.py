@@ -120,8 +120,7 @@ class LockService:
         data = jsonio.dumps(command)
         self._proposed[data] = command
         try:
-            proposed = driver.submit(data)
-            proposed.add_done_callback(lambda done: _fail_if_refused(waiter, done))
+            driver.submit(data, waiter.fail)
             return await waiter.future
         except TimeoutError:
             if waiter.queued:
@@ -219,14 +218,6 @@ class LockService:
             waiters.remove(waiter)
         if not waiters:
             self._watchers.pop(request_id, None)
-
-
-def _fail_if_refused(waiter: _Waiter, proposed: asyncio.Future[int]) -> None:
-    """Hand a refused proposal's error (NotLeader) to the waiting request."""
-    if proposed.cancelled():
-        waiter.fail(asyncio.CancelledError())
-    elif (exc := proposed.exception()) is not None:
-        waiter.fail(exc)
 
 
 def is_granted(outcome: Outcome) -> bool:
