@@ -30,6 +30,7 @@ stored indexes, it cuts the list first.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -140,7 +141,14 @@ class RedisRaftStorage:
         self._plan = LogPlan()
         self._stored_vote: tuple[int, str | None] = (0, None)
         pool = redis.connection_pool
-        self._conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
+        kwargs = dict(pool.connection_kwargs)
+        # One bound for a whole write instead of redis-py's per call: with a socket
+        # timeout, every send goes through `asyncio.wait_for`, which on Python 3.11 runs
+        # it as a task of its own (one more event-loop turn per Raft write), and every
+        # read arms a timer of its own.
+        self._timeout_s: float | None = kwargs.get("socket_timeout")
+        kwargs["socket_timeout"] = None
+        self._conn: AbstractConnection = pool.connection_class(**kwargs)
 
     async def load(self) -> Restored:
         keys = self._keys
@@ -191,10 +199,11 @@ class RedisRaftStorage:
         commands = write_commands(self._keys, ops, atomic=atomic)
         conn = self._conn
         try:
-            if not conn.is_connected:
-                await conn.connect()  # type: ignore[no-untyped-call]  # redis-py lacks a hint
-            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-            replies = [await conn.read_response() for _ in commands]
+            async with asyncio.timeout(self._timeout_s):
+                if not conn.is_connected:
+                    await conn.connect()  # type: ignore[no-untyped-call]  # redis-py lacks a hint
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                replies = [await conn.read_response() for _ in commands]
         except BaseException:
             # The replies left unread would answer the next write: start a new connection.
             await conn.disconnect(nowait=True)
