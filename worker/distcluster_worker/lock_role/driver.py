@@ -47,9 +47,9 @@ from distcluster_worker.raft.messages import (
 from distcluster_worker.raft.node import ConfChange, NotLeader, RaftNode
 
 SendBatch = Callable[[str, str, list[Message]], Awaitable[list[Message]]]
+"""(peer id, path, messages) -> the peer's reply messages; raises on any failure."""
 Refuse = Callable[[BaseException], None]
 """Told why a submitted command could not be proposed (NotLeader)."""
-"""(peer id, path, messages) -> the peer's reply messages; raises on any failure."""
 
 VOTE_PATH = "/raft-vote"
 APPEND_PATH = "/raft-append"
