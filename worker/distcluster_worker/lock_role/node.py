@@ -91,10 +91,7 @@ class Hop:
 
     @classmethod
     def of(cls, request: web.Request) -> Hop:
-        # A client's request has no query: parsing an empty one into a MultiDict costs
-        # about as much as the rest of this call.
-        hops = _hops(request.query.get("hops", "")) if request.query_string else 0
-        return cls(request.method, request.path, hops)
+        return cls(request.method, request.path, _hops(request.query_string))
 
 
 class LockNode(BaseNode):
@@ -336,12 +333,11 @@ class LockNode(BaseNode):
         """Serve a lock command forwarded on a peer-calls socket (`target`: path?hops=N);
         the call server answers an ApiError or a failure in the JSON error shape."""
         parts = urlsplit(target)
-        hops = _hops(parse_qs(parts.query).get("hops", [""])[0])
         found = self._commands.get(parts.path)
         if found is None:
             raise ApiError(404, "not_found", f"no forwarded operation {parts.path}")
         model, serve = found
-        response = await serve(parse_body(raw, model), Hop("POST", parts.path, hops))
+        response = await serve(parse_body(raw, model), Hop("POST", parts.path, _hops(parts.query)))
         body = response.body
         return response.status, body if isinstance(body, bytes) else b""
 
@@ -582,7 +578,12 @@ def tune_gc() -> None:
 CommandServer = Callable[[Any, Hop], Awaitable[web.Response]]
 
 
-def _hops(raw: str) -> int:
+def _hops(query: str) -> int:
+    """The `hops` count a query string carries (0 when absent or not a count). A client's
+    request has no query, and skipping the parse of an empty one is most of this call."""
+    if not query:
+        return 0
+    raw = parse_qs(query).get("hops", [""])[0]
     return int(raw) if raw.isdigit() else 0
 
 

@@ -132,13 +132,11 @@ async def read_body(request: web.Request) -> bytes:
         # The whole body came with the headers (the common case for small JSON
         # bodies): take it from the buffer instead of `request.read()`'s read loop.
         body = content.read_nowait()
-        if len(body) > limit:
-            raise ApiError(413, "too_large", f"request body is larger than {limit} bytes")
-        return body
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "too_large", f"request body is larger than {limit} bytes") from None
+    else:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ApiError(413, "too_large", f"request body is larger than {limit} bytes") from None
     if len(body) > limit:
         raise ApiError(413, "too_large", f"request body is larger than {limit} bytes")
     return body
