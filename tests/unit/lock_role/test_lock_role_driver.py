@@ -33,7 +33,7 @@ from distcluster_worker.lock_role.stream import (
     memory_pipe,
 )
 from distcluster_worker.locks.outcomes import Granted, Refused, Released
-from distcluster_worker.raft.messages import Message
+from distcluster_worker.raft.messages import AppendRequest, AppendResponse, Entry, Message
 from distcluster_worker.raft.node import NotLeader, RaftConfig, RaftNode
 
 IDS = ("n1", "n2", "n3")
@@ -261,6 +261,80 @@ async def test_steady_writes_carry_entries_but_no_hard_state(cluster: Cluster) -
     for node_id, node_writes in writes.items():
         carried = [(hs, entries) for hs, entries in node_writes if hs is not None or not entries]
         assert carried == [], node_id
+
+
+# -- applying on a follower ------------------------------------------------------------------
+
+
+@dataclass
+class _Recorder:
+    """A state machine that records the indexes it applied."""
+
+    applied: list[int] = field(default_factory=list)
+
+    def apply(self, entry: Entry) -> None:
+        self.applied.append(entry.index)
+
+    def restore(self, data: str) -> None:
+        self.applied = json.loads(data)
+
+    def snapshot(self) -> str:
+        return json.dumps(self.applied)
+
+
+async def _unstarted_follower(snapshot_entries: int) -> tuple[RaftDriver, _Recorder]:
+    """A follower driver stepped by hand: no tick loop, no links (nothing is sent)."""
+
+    async def send(peer: str, path: str, messages: list[Message]) -> list[Message]:
+        raise AssertionError("a follower stepped by hand sends nothing")
+
+    config = RaftConfig(node_id="n2", voters=IDS, election_timeout_ticks=10)
+    machine = _Recorder()
+    driver = RaftDriver(
+        RaftNode(config, random.Random(1)),
+        InMemoryRaftStorage(),
+        send,
+        machine,
+        tick_ms=5,
+        snapshot_entries=snapshot_entries,
+        log=LOG,
+    )
+    return driver, machine
+
+
+def _append(prev: int, commit: int) -> AppendRequest:
+    entry = Entry(1, prev + 1, "command", json.dumps({"n": prev + 1}))
+    return AppendRequest("n1", "n2", 1, prev, 1 if prev else 0, (entry,), commit)
+
+
+async def test_a_follower_answers_an_append_before_applying_what_it_commits() -> None:
+    """The leader waits for this answer to commit; applying the entries the append
+    commits is left to the next event-loop turn, after the answer left."""
+    driver, machine = await _unstarted_follower(snapshot_entries=1000)
+    assert await driver.receive([_append(0, 0)]) == [AppendResponse("n2", "n1", 1, True, 1)]
+    waiter = asyncio.ensure_future(driver.wait_applied(1))
+    assert await driver.receive([_append(1, 1)]) == [AppendResponse("n2", "n1", 1, True, 2)]
+    assert machine.applied == []  # answered, not applied yet
+    assert driver.applied_index == 0 and not waiter.done()
+    await asyncio.sleep(0)
+    assert machine.applied == [1]
+    assert driver.applied_index == 1
+    await asyncio.wait_for(waiter, 1)
+    # What is still deferred is applied before anything a later append commits.
+    await driver.receive([_append(2, 2)])
+    await driver.receive([_append(3, 3)])
+    await asyncio.sleep(0)
+    assert machine.applied == [1, 2, 3]
+
+
+async def test_a_follower_applies_deferred_entries_before_it_snapshots() -> None:
+    driver, machine = await _unstarted_follower(snapshot_entries=1)
+    await driver.receive([_append(0, 0)])
+    await driver.receive([_append(1, 1)])  # commits 1 and compacts in the same drain
+    snapshot = driver.node.snapshot
+    assert snapshot is not None and snapshot.last_index == 1
+    assert json.loads(snapshot.data) == [1]
+    assert machine.applied == [1]
 
 
 # -- compaction ------------------------------------------------------------------------------

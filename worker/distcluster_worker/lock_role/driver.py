@@ -5,7 +5,11 @@ All access to the node goes through one asyncio lock, and whoever changes the no
 go: persist (one Redis transaction), then hand messages to the network, then apply
 committed entries, then `advance`. Because a received request is stepped and its
 `Ready` persisted under the same lock, the reply the node produced can be returned in
-the HTTP response to that very request, and it is never sent before it is durable.
+the HTTP response to that very request, and it is never sent before it is durable. A
+follower applies what an append commits on the next event-loop turn, after its answer
+left (the leader is waiting for that answer; the entries are durable on a majority, so
+applying them can wait, as etcd's raft allows); `applied_index` and `wait_applied` count
+what the state machine applied, and a snapshot is only taken once nothing is deferred.
 
 Proposals wait in a queue while the lock is busy persisting the previous batch, so
 under load many client commands share one AppendEntries and one Redis write.
@@ -118,7 +122,11 @@ class RaftDriver:
         self._proposal_wakeup = asyncio.Event()
         self._reads: dict[int, asyncio.Future[int]] = {}
         self._read_ctx = itertools.count(1)
-        self._applied = asyncio.Condition()
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # Entries a follower committed and the core counts as applied, but that wait for
+        # the next event-loop turn: the follower answers the append first (see `_drain`).
+        self._deferred: list[Entry] = []
+        self._flush_scheduled = False
         self._mailbox: dict[str, deque[Message]] = {}
         self._links = links
         self._senders: dict[str, PeerLink] = {}
@@ -264,9 +272,18 @@ class RaftDriver:
                 self.node.step(msg)
             await self._drain()
 
+    @property
+    def applied_index(self) -> int:
+        """The last index the state machine applied (the core may count deferred ones)."""
+        return self.node.applied_index - len(self._deferred)
+
     async def wait_applied(self, index: int) -> None:
-        async with self._applied:
-            await self._applied.wait_for(lambda: self.node.applied_index >= index)
+        """Return once the state machine applied `index`."""
+        if self.applied_index >= index:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._applied_waiters.append((index, future))
+        await future
 
     # -- the loops -----------------------------------------------------------------
 
@@ -344,18 +361,28 @@ class RaftDriver:
                         self._dispatch(msg)
             await self._persist(ready)
             if ready.snapshot is not None:
+                self._apply_deferred()
                 self._machine.restore(ready.snapshot.data)
             for msg in ready.messages:
                 if not (early and isinstance(msg, REPLICATION_TYPES)):
                     self._dispatch(msg)
-            for entry in ready.committed_entries:
-                self._machine.apply(entry)
+            if early:
+                self._apply(ready.committed_entries)
+            elif ready.committed_entries:
+                # A follower's answer to the append that told it these entries are
+                # committed need not wait for them to be applied (the leader is waiting
+                # for that answer, the entries are already durable on a majority):
+                # they are applied on the next event-loop turn, after the answer left.
+                self._deferred.extend(ready.committed_entries)
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    asyncio.get_running_loop().call_soon(self._flush_deferred)
             for state in ready.read_states:
                 future = self._reads.get(state.ctx)
                 if future is not None and not future.done():
                     future.set_result(state.index)
             self.node.advance(ready)
-            await self._notify_applied()
+            self._wake_applied()
             await self._maybe_compact()
 
     async def _persist(self, ready: Ready) -> None:
@@ -405,9 +432,38 @@ class RaftDriver:
         if sender is not None:
             sender.enqueue(msg)
 
-    async def _notify_applied(self) -> None:
-        async with self._applied:
-            self._applied.notify_all()
+    def _apply(self, entries: list[Entry]) -> None:
+        """Apply committed `entries`, after any still deferred (`_drain` wakes waiters
+        once `advance` counted them)."""
+        self._apply_deferred()
+        for entry in entries:
+            self._machine.apply(entry)
+
+    def _apply_deferred(self) -> None:
+        if not self._deferred:
+            return
+        entries, self._deferred = self._deferred, []
+        for entry in entries:
+            self._machine.apply(entry)
+        self._wake_applied()
+
+    def _flush_deferred(self) -> None:
+        self._flush_scheduled = False
+        self._apply_deferred()
+
+    def _wake_applied(self) -> None:
+        if not self._applied_waiters:
+            return
+        applied = self.applied_index
+        waiting: list[tuple[int, asyncio.Future[None]]] = []
+        for index, future in self._applied_waiters:
+            if future.done():
+                continue  # its waiter was cancelled
+            if index <= applied:
+                future.set_result(None)
+            else:
+                waiting.append((index, future))
+        self._applied_waiters = waiting
 
     def _compaction_due(self) -> bool:
         applied = self.node.applied_index
@@ -428,6 +484,7 @@ class RaftDriver:
     async def _maybe_compact(self) -> None:
         if not self._compaction_due():
             return
+        self._apply_deferred()  # the snapshot must hold every entry the core counts applied
         applied = self.node.applied_index
         self.node.compact(applied, self._machine.snapshot())
         snapshot = self.node.snapshot
