@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from aiohttp import web
-from prometheus_client import Counter, Gauge
+from prometheus_client import Gauge
 from pydantic import BaseModel
 
 from distcluster_worker.lock_role.driver import RaftDriver
@@ -70,6 +70,7 @@ from distcluster_worker.shell.errors import (
     parse_json,
 )
 from distcluster_worker.shell.jsonio import json_response
+from distcluster_worker.shell.metrics import Counts
 from distcluster_worker.shell.node import BaseNode
 from distcluster_worker.shell.openapi import Operation
 from distcluster_worker.shell.peer_calls import PEER_CALLS_PATH, PeerCalls, PeerCallServer
@@ -123,10 +124,10 @@ class LockNode(BaseNode):
         self._request_seq = itertools.count(1)
         self._boot_task: asyncio.Task[None] | None = None
         registry = self.metrics.registry
-        self._outcomes = Counter(
-            "distcluster_lock_outcomes", "Lock table outcomes applied", ["type"], registry=registry
+        self._outcomes = Counts(
+            "distcluster_lock_outcomes", "Lock table outcomes applied", ["type"]
         )
-        self._outcome_series: dict[type, Any] = {}
+        registry.register(self._outcomes)
         self._raft_gauge = Gauge(
             "distcluster_raft", "Raft state of this node", ["field"], registry=registry
         )
@@ -552,12 +553,7 @@ class LockNode(BaseNode):
         return {"op": op, **fields, **overrides}
 
     def _count_outcome(self, outcome: Outcome) -> None:
-        # Every node counts every applied outcome: the labelled series is looked up once.
-        kind = type(outcome)
-        series = self._outcome_series.get(kind)
-        if series is None:
-            series = self._outcome_series[kind] = self._outcomes.labels(kind.__name__.lower())
-        series.inc()
+        self._outcomes.inc(type(outcome).__name__.lower())
 
 
 def tune_gc() -> None:

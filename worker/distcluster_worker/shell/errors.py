@@ -1,9 +1,10 @@
 """One error shape for every failure, and the guarantee that a request never crashes a node.
 
 Every error leaves a node as ``{"error": {"code": ..., "message": ..., **extra}}`` with a
-fitting status. Roles raise ``ApiError`` (or return ``error_response``); ``error_middleware``
-turns ``ApiError``, aiohttp's HTTP exceptions (unknown route, wrong method, body too large)
-and any unexpected exception into that shape. Unexpected exceptions become a 500 with code
+fitting status. Roles raise ``ApiError`` (or return ``error_response``); the node's
+middleware, through ``failure_response``, turns ``ApiError``, aiohttp's HTTP exceptions
+(unknown route, wrong method, body too large) and any unexpected exception into that
+shape. Unexpected exceptions become a 500 with code
 ``internal`` and are logged with their traceback; the handler's task ends but the server
 keeps serving. ``asyncio.CancelledError`` (a client went away, or shutdown) is not an
 ``Exception`` and passes through, as it must.
@@ -20,7 +21,6 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
 
 from distcluster_worker.shell import jsonio
@@ -102,23 +102,21 @@ def _http_exception_response(exc: web.HTTPException) -> web.Response:
     return response
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure of a handler into the JSON error shape; never let one escape."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
+def failure_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The JSON error answer to a handler's failure (`node_middleware` calls it for every
+    exception a handler raises). An HTTP exception below 400 (a redirect) is re-raised."""
+    if isinstance(exc, ApiError):
         return exc.response()
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         return _http_exception_response(exc)
-    except Exception:
-        _log.exception(
-            "unhandled error in handler",
-            extra={"method": request.method, "path": request.path},
-        )
-        return error_response(500, "internal", "internal error; see the node's log")
+    _log.error(
+        "unhandled error in handler",
+        exc_info=exc,
+        extra={"method": request.method, "path": request.path},
+    )
+    return error_response(500, "internal", "internal error; see the node's log")
 
 
 async def read_body(request: web.Request) -> bytes:

@@ -13,8 +13,9 @@ and ``role_state``. The shell owns everything else, the same way for every role:
   RPC client and Redis, so that a handler never sees its clients closed under it;
 * ``/health`` (liveness), ``/ready`` (503 until the role says it can serve, and during
   shutdown), ``/metrics``, ``/cluster`` and ``/openapi.json``;
-* middlewares: metrics and a DEBUG request log outermost (they see the final status), then
-  the error middleware, so that no request can crash the node.
+* one middleware (``middleware.node_middleware``) answers every failure of a handler in
+  the JSON error shape, so that no request can crash the node, and counts, times and
+  logs (at DEBUG) every request with its final status.
 
 Time: roles read the wall clock only through ``now_ms()``, backed by an injected ``clock``
 (epoch seconds), so tests can drive it; durations inside the shell use the event loop.
@@ -38,9 +39,10 @@ from pydantic import BaseModel
 from distcluster_worker import __version__
 from distcluster_worker.shell.config import Settings
 from distcluster_worker.shell.discovery import Diff, Discovery, Entry, Registry
-from distcluster_worker.shell.errors import MAX_BODY_KEY, error_middleware, error_response
+from distcluster_worker.shell.errors import MAX_BODY_KEY, error_response
 from distcluster_worker.shell.logs import NodeLogger, get_logger
-from distcluster_worker.shell.metrics import NodeMetrics, metrics_middleware, metrics_response
+from distcluster_worker.shell.metrics import NodeMetrics, metrics_response
+from distcluster_worker.shell.middleware import node_middleware
 from distcluster_worker.shell.openapi import Operation, build_openapi
 from distcluster_worker.shell.rpc import RpcClient
 
@@ -180,7 +182,7 @@ class BaseNode:
     def build_app(self) -> web.Application:
         """The aiohttp application: middlewares, common endpoints and role routes."""
         app = web.Application(
-            middlewares=[metrics_middleware(self.metrics), error_middleware],
+            middlewares=[node_middleware(self.metrics)],
             client_max_size=self.settings.max_body_bytes,
         )
         app[MAX_BODY_KEY] = self.settings.max_body_bytes
