@@ -1,9 +1,11 @@
-"""Fixtures shared by every suite: a real Redis server for the tests that need one."""
+"""Fixtures shared by every suite: a real Redis server for the tests that need one, and
+a server that takes commands and never answers, for the bounds on waiting for Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+@pytest.fixture
+async def mute_redis_url() -> AsyncIterator[str]:
+    """The URL of a server that accepts connections, reads commands, never answers."""
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof():
+            await reader.read(65536)
+        writer.close()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

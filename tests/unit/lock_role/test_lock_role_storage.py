@@ -163,20 +163,12 @@ async def test_only_a_plain_append_skips_the_transaction(redis_url: str) -> None
 
 
 async def test_a_write_to_a_redis_that_stops_answering_fails_within_the_bound(
-    redis_url: str,
+    redis_url: str, mute_redis_url: str
 ) -> None:
     """The storage bounds a whole write by the client's socket timeout itself (it takes
     redis-py's per-call timeouts off its own connection): a Redis that takes the write and
     never answers fails it instead of hanging the node; a Redis that answers is written."""
-
-    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while not reader.at_eof():
-            await reader.read(65536)
-        writer.close()
-
-    server = await asyncio.start_server(mute, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.2)
+    client = aioredis.Redis.from_url(mute_redis_url, socket_timeout=0.2)
     storage = RedisRaftStorage(client, f"test:{uuid.uuid4().hex}")
     try:
         async with asyncio.timeout(5):
@@ -185,8 +177,6 @@ async def test_a_write_to_a_redis_that_stops_answering_fails_within_the_bound(
     finally:
         await storage.close()
         await client.aclose()
-        server.close()
-        await server.wait_closed()
     real = aioredis.Redis.from_url(redis_url, socket_timeout=0.2)
     storage = RedisRaftStorage(real, f"test:{uuid.uuid4().hex}")
     try:

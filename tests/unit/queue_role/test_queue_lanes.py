@@ -90,3 +90,29 @@ async def test_a_redis_restart_fails_no_command_and_a_stopped_redis_fails_fast(
     finally:
         await lanes.close()
         await client.aclose()
+
+
+async def test_a_redis_that_stops_answering_fails_a_command_within_the_bound(
+    redis_url: str, mute_redis_url: str
+) -> None:
+    """Lanes bound each command by the client's socket timeout themselves (their
+    connections carry none): a Redis that takes a command and never answers fails it
+    instead of hanging the node, and that connection is not used again."""
+    mute = aioredis.Redis.from_url(mute_redis_url, socket_timeout=0.2)
+    lanes = Lanes(mute.connection_pool)
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(TimeoutError):
+                await lanes.execute("PING")
+        assert lanes.idle == 0
+    finally:
+        await lanes.close()
+        await mute.aclose()
+    real = aioredis.Redis.from_url(redis_url, socket_timeout=0.2)
+    lanes = Lanes(real.connection_pool)
+    try:
+        assert await lanes.execute("PING") in (b"PONG", "PONG", True)
+        assert lanes.idle == 1
+    finally:
+        await lanes.close()
+        await real.aclose()

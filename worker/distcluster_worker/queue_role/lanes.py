@@ -22,10 +22,15 @@ Rules that keep this as safe as the pool:
   their key. A timeout is not retried: it already took the full socket timeout.
 * Scripts run with ``EVALSHA``; after a Redis restart (``NOSCRIPT``) the same call falls
   back to ``EVAL``, which loads the script again.
+* A command, send and reply, is bounded by the client's socket timeout in one
+  ``asyncio.timeout``; the connections themselves carry none. With a socket timeout,
+  redis-py sends through ``asyncio.wait_for``, which on Python 3.11 runs every send as a
+  task of its own (one more event-loop turn per command), and arms a timer per read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -53,6 +58,10 @@ class Lanes:
 
     def __init__(self, pool: ConnectionPool, max_idle: int = MAX_IDLE) -> None:
         self._pool = pool
+        kwargs = dict(pool.connection_kwargs)
+        self._timeout_s: float | None = kwargs.get("socket_timeout")
+        kwargs["socket_timeout"] = None
+        self._connection_kwargs = kwargs
         self._idle: list[AbstractConnection] = []
         self._max_idle = max_idle
         self._closed = False
@@ -82,8 +91,9 @@ class Lanes:
     async def _once(self, args: Sequence[Arg]) -> Any:
         conn = self._idle.pop() if self._idle else self._new_connection()
         try:
-            await conn.send_packed_command(conn.pack_command(*args), check_health=False)
-            reply = await conn.read_response()
+            async with asyncio.timeout(self._timeout_s):
+                await conn.send_packed_command(conn.pack_command(*args), check_health=False)
+                reply = await conn.read_response()
         except ResponseError:
             await self._put_back(conn)  # an error reply, read whole: the socket is clean
             raise
@@ -94,7 +104,7 @@ class Lanes:
         return reply
 
     def _new_connection(self) -> AbstractConnection:
-        conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        conn: AbstractConnection = self._pool.connection_class(**self._connection_kwargs)
         return conn
 
     async def _put_back(self, conn: AbstractConnection) -> None:
