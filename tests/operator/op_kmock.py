@@ -14,8 +14,9 @@ for kmock's endless watch streams.
 
 kmock keeps objects as plain JSON and stamps nothing on them. `ApiServerEmulator` adds what
 the operator and kopf rely on, as an API server would: a uid and a creation time on create,
-a fresh `resourceVersion` on every write, a `generation` bumped when the spec changes, a
-name for `generateName` (kopf's Events), and a 422 for a JSON patch whose `test` fails.
+a fresh `resourceVersion` on every write (a delete that only marks a finalized object
+included), a `generation` bumped when the spec changes, a name for `generateName` (kopf's
+Events), and a 422 for a JSON patch whose `test` fails.
 Without changing resourceVersions kopf cannot tell its own patch's echo from an older event
 and re-runs handlers on stale bodies; with kmock's 500 for a failed `test`, kopf retries the
 same stale patch for many seconds instead of waiting for the next event. What the
@@ -70,6 +71,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 self._stamp_create(request.data)
             elif request.action == kmock.action.UPDATE:
                 self._stamp_update(request)
+        elif request.resource is not None and request.action == kmock.action.DELETE:
+            self._stamp_delete(request)
         return await super()._handle(request)
 
     def _stamp_create(self, body: dict[str, Any]) -> None:
@@ -101,6 +104,20 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             for field_name, value in changes.items():
                 path = f"/metadata/{field_name}"
                 request.data.append({"op": "add", "path": path, "value": value})
+
+    def _stamp_delete(self, request: Any) -> None:
+        """A delete that only marks the object (it has finalizers) is a write: kmock sets
+        `deletionTimestamp` and sends MODIFIED, and the API server gives that version a
+        resourceVersion of its own. Without it, the event carried the version of the
+        last write, often kopf's own patch, and kopf took it for that patch's echo and
+        never saw the deletion (its finalizer then stayed, and the object with it)."""
+        key = (request.resource, request.namespace, request.name)
+        stored = self.objects[key] if key in self.objects else None
+        if stored is None or stored.deleted:
+            return
+        metadata = stored.raw.get("metadata", {})
+        if metadata.get("finalizers") and not metadata.get("deletionTimestamp"):
+            stored.patch({"metadata": {"resourceVersion": str(next(self.stamps))}})
 
     @staticmethod
     def _check_tests(current: dict[str, Any], ops: list[dict[str, Any]]) -> None:
