@@ -50,6 +50,7 @@ from distcluster_worker.raft.messages import (
 )
 from distcluster_worker.raft.node import Restored
 from distcluster_worker.shell import jsonio
+from distcluster_worker.shell.redis_conns import unbounded_connection_settings
 
 
 class RaftStorage(Protocol):
@@ -141,13 +142,8 @@ class RedisRaftStorage:
         self._plan = LogPlan()
         self._stored_vote: tuple[int, str | None] = (0, None)
         pool = redis.connection_pool
-        kwargs = dict(pool.connection_kwargs)
-        # One bound for a whole write instead of redis-py's per call: with a socket
-        # timeout, every send goes through `asyncio.wait_for`, which on Python 3.11 runs
-        # it as a task of its own (one more event-loop turn per Raft write), and every
-        # read arms a timer of its own.
-        self._timeout_s: float | None = kwargs.get("socket_timeout")
-        kwargs["socket_timeout"] = None
+        # One bound for a whole write instead of redis-py's per call (see `redis_conns`).
+        kwargs, self._timeout_s = unbounded_connection_settings(pool)
         self._conn: AbstractConnection = pool.connection_class(**kwargs)
 
     async def load(self) -> Restored:

@@ -23,9 +23,8 @@ Rules that keep this as safe as the pool:
 * Scripts run with ``EVALSHA``; after a Redis restart (``NOSCRIPT``) the same call falls
   back to ``EVAL``, which loads the script again.
 * A command, send and reply, is bounded by the client's socket timeout in one
-  ``asyncio.timeout``; the connections themselves carry none. With a socket timeout,
-  redis-py sends through ``asyncio.wait_for``, which on Python 3.11 runs every send as a
-  task of its own (one more event-loop turn per command), and arms a timer per read.
+  ``asyncio.timeout``; the connections themselves carry none (see ``shell.redis_conns``:
+  redis-py's per-call timeouts cost a task per send on Python 3.11).
 """
 
 from __future__ import annotations
@@ -38,6 +37,8 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+
+from distcluster_worker.shell.redis_conns import unbounded_connection_settings
 
 Arg = str | int | bytes
 
@@ -58,10 +59,7 @@ class Lanes:
 
     def __init__(self, pool: ConnectionPool, max_idle: int = MAX_IDLE) -> None:
         self._pool = pool
-        kwargs = dict(pool.connection_kwargs)
-        self._timeout_s: float | None = kwargs.get("socket_timeout")
-        kwargs["socket_timeout"] = None
-        self._connection_kwargs = kwargs
+        self._connection_kwargs, self._timeout_s = unbounded_connection_settings(pool)
         self._idle: list[AbstractConnection] = []
         self._max_idle = max_idle
         self._closed = False
