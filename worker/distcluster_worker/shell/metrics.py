@@ -35,11 +35,11 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 @dataclass(slots=True)
 class _Latency:
-    """One route's latency histogram: a count per bucket (not cumulative), sum, count."""
+    """One route's latency histogram: a count per bucket (not cumulative) and the sum (the
+    count is the +Inf bucket's cumulative value, which the histogram family derives)."""
 
     buckets: list[int] = field(default_factory=lambda: [0] * (len(_LATENCY_BUCKETS) + 1))
     total: float = 0.0
-    count: int = 0
 
 
 class Counts(Collector):
@@ -85,7 +85,6 @@ class HttpStats(Collector):
             series = self._latency[(method, route)] = _Latency()
         series.buckets[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
         series.total += seconds
-        series.count += 1
 
     def collect(self) -> Iterator[Metric]:
         yield from self._requests.collect()
