@@ -44,10 +44,20 @@ async def test_peer_traffic_goes_through_the_proxies(lock_cluster: ClusterFactor
 
 async def test_metrics_cluster_and_openapi_answer(lock_cluster: ClusterFactory) -> None:
     cluster = await lock_cluster(nodes=3)
-    await cluster.stable_leader()
+    leader, _ = await cluster.stable_leader()
     node = cluster.ids[0]
     metrics = await cluster.call(node, "GET", "/metrics")
     assert metrics.status == 200 and "distcluster_raft" in str(metrics.body), metrics
+    # Lock commands are answered by the node's fast front, and counted all the same.
+    body = {"resource": "counted", "owner": "o", "request_id": "counted-1"}
+    assert (await cluster.call(leader, "POST", "/lock/acquire", body)).status == 200
+    bad = await cluster.call(leader, "POST", "/lock/acquire", data="{")
+    assert bad.status == 400 and bad.body["error"]["code"] == "bad_json", bad
+    for status, wanted in (("200", 1.0), ("400", 1.0)):
+        count = await cluster.metric(
+            leader, "distcluster_http_requests_total", route="/lock/acquire", status=status
+        )
+        assert count == wanted, (status, count)
     info = await cluster.call(node, "GET", "/cluster")
     assert info.status == 200 and isinstance(info.body, dict), info
     assert info.body.get("node_id") == node

@@ -69,6 +69,7 @@ from distcluster_worker.shell.errors import (
     parse_body,
     parse_json,
 )
+from distcluster_worker.shell.fast_front import FastRoutes
 from distcluster_worker.shell.jsonio import json_response
 from distcluster_worker.shell.metrics import Counts
 from distcluster_worker.shell.node import BaseNode
@@ -332,13 +333,24 @@ class LockNode(BaseNode):
 
     async def _dispatch(self, target: str, raw: bytes) -> tuple[int, bytes]:
         """Serve a lock command forwarded on a peer-calls socket (`target`: path?hops=N);
-        the call server answers an ApiError or a failure in the JSON error shape."""
+        the call server answers a failure in the JSON error shape."""
         parts = urlsplit(target)
-        found = self._commands.get(parts.path)
-        if found is None:
+        if parts.path not in self._commands:
             raise ApiError(404, "not_found", f"no forwarded operation {parts.path}")
-        model, serve = found
-        response = await serve(parse_body(raw, model), Hop("POST", parts.path, _hops(parts.query)))
+        return await self._serve_command(parts.path, parts.query, raw)
+
+    def fast_routes(self) -> FastRoutes:
+        """The lock commands, answered below aiohttp: two of them make every client cycle."""
+        return frozenset(self._commands), self._serve_command
+
+    async def _serve_command(self, path: str, query: str, raw: bytes) -> tuple[int, bytes]:
+        """Status and JSON body answering the lock command at `path` (a key of
+        `_commands`) with body `raw`; a refused request gets its JSON error."""
+        model, serve = self._commands[path]
+        try:
+            response = await serve(parse_body(raw, model), Hop("POST", path, _hops(query)))
+        except ApiError as exc:
+            response = exc.response()
         body = response.body
         return response.status, body if isinstance(body, bytes) else b""
 

@@ -40,6 +40,7 @@ from distcluster_worker import __version__
 from distcluster_worker.shell.config import Settings
 from distcluster_worker.shell.discovery import Diff, Discovery, Entry, Registry
 from distcluster_worker.shell.errors import MAX_BODY_KEY, error_response
+from distcluster_worker.shell.fast_front import FastFront, FastRoutes, FrontConnections
 from distcluster_worker.shell.logs import NodeLogger, get_logger
 from distcluster_worker.shell.metrics import NodeMetrics, metrics_response
 from distcluster_worker.shell.middleware import node_middleware
@@ -101,6 +102,8 @@ class BaseNode:
         self._rpc: RpcClient | None = None
         self._redis: aioredis.Redis | None = None
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.AbstractServer | None = None
+        self._front = FrontConnections()
         self._stopping = False
         self._role_started = False
         self._stop_requested: asyncio.Event | None = None
@@ -263,12 +266,34 @@ class BaseNode:
         )
         await runner.setup()
         self._runner = runner
-        site = web.TCPSite(runner, self.settings.host, self.settings.port)
-        await site.start()
+        await self._listen(runner)
         self.log.info(
             "node started",
             extra={"role": self.role, "host": self.settings.host, "port": self.settings.port},
         )
+
+    def fast_routes(self) -> FastRoutes | None:
+        """Routes the node answers below aiohttp (see `fast_front`); None: aiohttp only."""
+        return None
+
+    async def _listen(self, runner: web.AppRunner) -> None:
+        s = self.settings
+        fast = self.fast_routes()
+        server = runner.server
+        if fast is None or server is None:
+            await web.TCPSite(runner, s.host, s.port).start()
+            return
+        hot, serve = fast
+        front = self._front = FrontConnections()
+        observe = self.metrics.observe_request
+
+        def connection() -> FastFront:
+            return FastFront(
+                hot, serve, server, max_body_bytes=s.max_body_bytes, observe=observe, tracker=front
+            )
+
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(connection, s.host, s.port, backlog=128)
 
     async def stop(self) -> None:
         """Stop accepting, drain in-flight requests, ``on_stop``, close clients. Idempotent."""
@@ -280,8 +305,12 @@ class BaseNode:
             if self._role_started:
                 self.on_leaving()
             await self._stop_discovery()
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
             if self._runner is not None:
-                await self._runner.cleanup()
+                grace_s = self.settings.shutdown_grace_ms / 1000
+                await asyncio.gather(self._front.drain(grace_s), self._runner.cleanup())
                 self._runner = None
             if self._role_started:
                 self._role_started = False
