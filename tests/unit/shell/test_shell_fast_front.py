@@ -245,3 +245,69 @@ async def test_drain_lets_answers_in_flight_leave_then_closes(front: Front) -> N
     assert (await read_answer(reader)).body["body"] == "wait"
     await asyncio.wait_for(drain, 5)
     assert await asyncio.wait_for(reader.read(), 5) == b""
+
+
+async def test_a_request_too_large_for_the_front_is_aiohttp_s(front: Front) -> None:
+    reader, writer = await open_conn(front)
+    writer.write(post("/hot", b"{}", "X-Big: " + "a" * (MAX_BODY + 70_000)))
+    head = await read_answer_raw(reader)
+    assert head.split(b"\r\n")[0].endswith(b" 400 Bad Request")  # aiohttp's header limit
+    assert front.served == []
+
+
+async def test_idle_connections_are_closed_but_not_one_being_answered(front: Front) -> None:
+    idle_reader, _ = await open_conn(front)
+    busy_reader, busy_writer = await open_conn(front)
+    busy_writer.write(post("/hot", b"wait"))
+    await asyncio.sleep(0.05)
+    assert front.connections.close_idle(idle_s=0.0) == 1
+    assert await asyncio.wait_for(idle_reader.read(), 5) == b""
+    front.release.set()
+    assert (await read_answer(busy_reader)).body["body"] == "wait"
+
+
+class _Transport:
+    """Just enough of a transport to drive one `FastFront` by hand."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+async def test_answers_wait_while_the_client_does_not_read() -> None:
+    async def serve(path: str, query: str, body: bytes) -> tuple[int, bytes]:
+        return 200, b"{}"
+
+    conn = FastFront(
+        HOT,
+        serve,
+        lambda: pytest.fail("nothing is handed over"),  # type: ignore[arg-type,return-value]
+        max_body_bytes=MAX_BODY,
+        observe=lambda *_: None,
+        tracker=FrontConnections(),
+    )
+    transport = _Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.pause_writing()  # the socket's buffer is full
+    conn.data_received(post("/hot", b"1") + post("/hot", b"2"))
+    await asyncio.sleep(0.01)
+    assert transport.written == []  # nothing more is written into the full buffer
+    conn.resume_writing()
+    await asyncio.sleep(0.01)
+    assert len(transport.written) == 2

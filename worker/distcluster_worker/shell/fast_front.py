@@ -53,6 +53,12 @@ PIPELINE_LIMIT = 64
 """Requests of one connection waiting for their answer before reading pauses."""
 DRAIN_POLL_S = 0.01
 """How often a stopping node looks whether the front's last answers left."""
+HEAD_ROOM_BYTES = 64 * 1024
+"""Bytes beyond the body bound one request may take before aiohttp gets it (its own
+limits on request lines and headers, 8 KiB each, then answer it)."""
+IDLE_TIMEOUT_S = 75.0
+"""A connection that sent nothing for this long, with no answer pending, is closed
+(aiohttp's keep-alive timeout)."""
 
 _HEADER_END = b"\r\n\r\n"
 _log = get_logger("distcluster.http")
@@ -92,6 +98,8 @@ class FastFront(asyncio.Protocol):
         self._worker: asyncio.Task[None] | None = None
         self._handing_over = False
         self._paused = False
+        self._writable: asyncio.Future[None] | None = None  # set while writing is paused
+        self.last_seen = time.monotonic()
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -111,11 +119,28 @@ class FastFront(asyncio.Protocol):
         self._transport = None
         self._queue.clear()
         self._tracker.discard(self)
+        self.resume_writing()  # an answer waiting to be written is dropped
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None:
+            if not self._writable.done():
+                self._writable.set_result(None)
+            self._writable = None
 
     def data_received(self, data: bytes) -> None:
+        self.last_seen = time.monotonic()
         self._buf += data
         if self._handing_over:
             return  # kept for aiohttp, which gets it once the answers before it left
+        if len(self._buf) > self._max_body_bytes + HEAD_ROOM_BYTES:
+            self._handing_over = True  # a request too large for the front: aiohttp's
+            if self._worker is None:
+                self._hand_over()
+            return
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
@@ -193,6 +218,10 @@ class FastFront(asyncio.Protocol):
                 transport = self._transport
                 if transport is None or transport.is_closing():
                     return
+                if self._writable is not None:  # the client does not read: wait for it
+                    await asyncio.shield(self._writable)
+                    if transport.is_closing():
+                        return
                 transport.write(_head(status, len(body), request) + body)
                 if not request.keep_alive:
                     transport.close()
@@ -236,6 +265,7 @@ class FastFront(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+        self.resume_writing()
 
     def _hand_over(self) -> None:
         """Give the connection to aiohttp, with everything from the first request not
@@ -284,10 +314,26 @@ def _http_date() -> str:
 
 
 class FrontConnections:
-    """The connections still on the fast front, so a stopping node can drain them."""
+    """The connections still on the fast front: idle ones are closed, and a stopping node
+    drains them."""
 
     def __init__(self) -> None:
         self._open: set[FastFront] = set()
+
+    def close_idle(self, idle_s: float = IDLE_TIMEOUT_S) -> int:
+        """Close the connections that sent nothing for `idle_s` and wait for no answer;
+        returns how many."""
+        cutoff = time.monotonic() - idle_s
+        idle = [c for c in self._open if c.last_seen < cutoff and not c.busy]
+        for conn in idle:
+            conn.close()
+        return len(idle)
+
+    async def sweep(self, every_s: float = IDLE_TIMEOUT_S / 5) -> None:
+        """Close idle connections every `every_s`, forever (cancel to stop)."""
+        while True:
+            await asyncio.sleep(every_s)
+            self.close_idle()
 
     def add(self, conn: FastFront) -> None:
         self._open.add(conn)

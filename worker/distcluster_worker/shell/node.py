@@ -103,6 +103,7 @@ class BaseNode:
         self._redis: aioredis.Redis | None = None
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.AbstractServer | None = None
+        self._front_sweeper: asyncio.Task[None] | None = None
         self._front = FrontConnections()
         self._stopping = False
         self._role_started = False
@@ -294,6 +295,7 @@ class BaseNode:
 
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(connection, s.host, s.port, backlog=128)
+        self._front_sweeper = asyncio.create_task(front.sweep(), name="fast-front-idle")
 
     async def stop(self) -> None:
         """Stop accepting, drain in-flight requests, ``on_stop``, close clients. Idempotent."""
@@ -308,6 +310,9 @@ class BaseNode:
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
+            if self._front_sweeper is not None:
+                self._front_sweeper.cancel()
+                self._front_sweeper = None
             if self._runner is not None:
                 grace_s = self.settings.shutdown_grace_ms / 1000
                 await asyncio.gather(self._front.drain(grace_s), self._runner.cleanup())
