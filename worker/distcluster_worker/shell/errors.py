@@ -111,11 +111,12 @@ def failure_response(request: web.Request, exc: Exception) -> web.StreamResponse
         if exc.status < 400:
             raise exc
         return _http_exception_response(exc)
-    _log.error(
-        "unhandled error in handler",
-        exc_info=exc,
-        extra={"method": request.method, "path": request.path},
-    )
+    return unhandled_failure(request.method, request.path, exc)
+
+
+def unhandled_failure(method: str, path: str, exc: Exception) -> web.Response:
+    """The JSON 500 answering a failure no handler meant; its cause goes to the log."""
+    _log.error("unhandled error in handler", exc_info=exc, extra={"method": method, "path": path})
     return error_response(500, "internal", "internal error; see the node's log")
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -38,9 +37,8 @@ from typing import NamedTuple
 
 import httptools
 
-from distcluster_worker.shell import jsonio
-from distcluster_worker.shell.errors import error_body
-from distcluster_worker.shell.logs import get_logger
+from distcluster_worker.shell.errors import unhandled_failure
+from distcluster_worker.shell.middleware import log_request
 
 Serve = Callable[[str, str, bytes], Awaitable[tuple[int, bytes]]]
 """(path, query string, body) -> (status, JSON body): the answer to a hot request."""
@@ -61,7 +59,6 @@ IDLE_TIMEOUT_S = 75.0
 (aiohttp's keep-alive timeout)."""
 
 _HEADER_END = b"\r\n\r\n"
-_log = get_logger("distcluster.http")
 
 
 class _Request(NamedTuple):
@@ -239,27 +236,13 @@ class FastFront(asyncio.Protocol):
         status = 500
         try:
             status, body = await self._serve(request.path, request.query, request.body)
-        except Exception:  # noqa: BLE001 - the client gets the JSON 500, the log the cause
-            _log.error(
-                "unhandled error in handler",
-                exc_info=True,
-                extra={"method": "POST", "path": request.path},
-            )
-            body = _INTERNAL_ERROR
+        except Exception as exc:  # noqa: BLE001 - the client gets the JSON 500, the log the cause
+            failure = unhandled_failure("POST", request.path, exc)
+            status, body = failure.status, failure.body if isinstance(failure.body, bytes) else b""
         finally:
             seconds = time.monotonic() - started
             self._observe("POST", request.path, status, seconds)
-            if _log.isEnabledFor(logging.DEBUG):
-                _log.debug(
-                    "request",
-                    extra={
-                        "method": "POST",
-                        "path": request.path,
-                        "route": request.path,
-                        "status": status,
-                        "ms": round(seconds * 1000, 3),
-                    },
-                )
+            log_request("POST", request.path, request.path, status, seconds)
         return status, body
 
     def close(self) -> None:
@@ -284,7 +267,6 @@ class FastFront(asyncio.Protocol):
         self._buf.clear()
 
 
-_INTERNAL_ERROR = jsonio.dumps_bytes(error_body("internal", "internal error; see the node's log"))
 _STATUSES = frozenset(s.value for s in HTTPStatus)
 _date_cache: tuple[int, str] = (0, "")
 

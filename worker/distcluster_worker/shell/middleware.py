@@ -47,16 +47,21 @@ def node_middleware(metrics: NodeMetrics) -> Middleware:
             seconds = loop.time() - started
             route = route_label(request)
             metrics.observe_request(request.method, route, status, seconds)
-            if _log.isEnabledFor(logging.DEBUG):
-                _log.debug(
-                    "request",
-                    extra={
-                        "method": request.method,
-                        "path": request.path,
-                        "route": route,
-                        "status": status,
-                        "ms": round(seconds * 1000, 3),
-                    },
-                )
+            log_request(request.method, request.path, route, status, seconds)
 
     return middleware
+
+
+def log_request(method: str, path: str, route: str, status: int, seconds: float) -> None:
+    """One DEBUG line per request served, by aiohttp or by the fast front."""
+    if _log.isEnabledFor(logging.DEBUG):
+        _log.debug(
+            "request",
+            extra={
+                "method": method,
+                "path": path,
+                "route": route,
+                "status": status,
+                "ms": round(seconds * 1000, 3),
+            },
+        )

@@ -285,7 +285,7 @@ class BaseNode:
             await web.TCPSite(runner, s.host, s.port).start()
             return
         hot, serve = fast
-        front = self._front = FrontConnections()
+        front = self._front
         observe = self.metrics.observe_request
 
         def connection() -> FastFront:
